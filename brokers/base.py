@@ -1,0 +1,118 @@
+"""The narrow boundary every broker implements: the paper simulator, the Alpaca adapter,
+and test fakes are siblings behind this ``Broker`` protocol.
+
+Submission is fire-and-report: ``submit`` hands the order over and returns; what the
+broker does with it (accepted, new, fills, rejects, cancels) comes back as domain
+``OrderEvent``s through the ``EventSink`` the broker was built with. Queries return
+snapshots used by reconciliation. Errors are ``daemon.errors.BrokerError`` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from daemon.events import OrderEvent, OrderIntent
+from daemon.model import (
+    AccountSnapshot,
+    BrokerPosition,
+    MarketClock,
+    OrderSide,
+    OrderType,
+    TimeInForce,
+)
+from daemon.orders import OrderStatus
+
+EventSink = Callable[[OrderEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOrder:
+    """An order as the broker sees it now (for lookups and reconciliation)."""
+
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: OrderSide
+    qty: int
+    order_type: OrderType
+    time_in_force: TimeInForce
+    status: OrderStatus
+    filled_qty: int
+    filled_avg_price: Decimal | None
+    submitted_at: datetime
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFill:
+    """One execution as the broker lists it (for reconciling fills missed on a stream)."""
+
+    execution_id: str
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    qty: int
+    price: Decimal
+    ts: datetime
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """What the daemon needs from a broker. Enter it (``async with``) before use."""
+
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def submit(self, intent: OrderIntent) -> None:
+        """Send an order identified by ``intent.client_order_id``.
+
+        Raises:
+            BrokerRejected: refused synchronously (the order never existed).
+            AmbiguousSubmission: it may exist; resolve with ``get_order``.
+            BrokerUnavailable: it certainly does not exist; may be retried.
+        """
+        ...
+
+    async def cancel(self, client_order_id: str) -> None: ...
+
+    async def cancel_all(self) -> None: ...
+
+    async def replace(
+        self,
+        client_order_id: str,
+        new_client_order_id: str,
+        *,
+        qty: int | None = None,
+        limit_price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+    ) -> None: ...
+
+    async def get_order(self, client_order_id: str) -> BrokerOrder | None:
+        """The order by client id, in any status; None if the broker never had it."""
+        ...
+
+    async def open_orders(self) -> list[BrokerOrder]: ...
+
+    async def fills_since(self, since: datetime) -> list[BrokerFill]: ...
+
+    async def positions(self) -> list[BrokerPosition]: ...
+
+    async def account(self) -> AccountSnapshot: ...
+
+    async def clock(self) -> MarketClock | None:
+        """The broker's market clock, or None when it has none (paper: calendar)."""
+        ...

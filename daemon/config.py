@@ -1,0 +1,57 @@
+"""Daemon-level configuration: mode, state directory, timers, shutdown, feed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from config.base import ComponentConfig
+
+
+class FeedConfig(ComponentConfig):
+    """Where bars come from. ``replay`` is a CSV (``timestamp,symbol,open,high,low,close,
+    volume``, optionally gzipped); empty means the built-in demo day. ``speed`` is
+    ``max`` (as fast as possible), or a multiple of real time (1 = real time)."""
+
+    source: Literal["replay", "alpaca"] = "replay"
+    replay: Path | None = None
+    speed: str = "max"
+    queue_size: int = Field(256, ge=1)
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, v: str) -> str:
+        if v != "max":
+            try:
+                if float(v) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError("expected 'max' or a positive number (x real time)") from None
+        return v
+
+
+class DaemonConfig(ComponentConfig):
+    """Process-wide settings.
+
+    ``mode``: ``paper`` (default) or ``live``; live also needs TRADINGD_LIVE=1 in the
+    environment. ``execution_mode``: FULL_AUTO, SEMI_AUTO, MANUAL, RESEARCH, EMERGENCY.
+    """
+
+    mode: Literal["paper", "live"] = "paper"
+    execution_mode: Literal["FULL_AUTO", "SEMI_AUTO", "MANUAL", "RESEARCH", "EMERGENCY"] = (
+        "FULL_AUTO"
+    )
+    state_dir: Path = Path("state")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    reconcile_interval_secs: float = Field(60, gt=0)
+    risk_interval_secs: float = Field(10, gt=0)
+    execution_timeout_secs: float = Field(30, gt=0)
+    shutdown_grace_secs: float = Field(10, ge=0)
+    kill_switch_file: Path | None = Field(None, description="default: <state_dir>/KILL_SWITCH")
+    watchdog: bool = Field(True, description="sd_notify WATCHDOG=1 when systemd asks")
+
+    @property
+    def kill_switch_path(self) -> Path:
+        return self.kill_switch_file or self.state_dir / "KILL_SWITCH"

@@ -1,0 +1,228 @@
+"""Orders and their state machine.
+
+``OrderStatus`` is an enum; ``ORDER_TRANSITIONS`` lists, for every status, which event
+types it accepts and where each leads. ``Order.apply(event)`` is the only mutator: an
+event not in the table raises ``InvalidOrderTransition``; a fill whose execution id was
+seen before changes nothing; a fill that would exceed the order quantity raises
+``OverfillError``. Every accepted transition is appended to ``Order.log``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from daemon.errors import InvalidOrderTransition, OverfillError
+from daemon.events import (
+    OrderAbandoned,
+    OrderAccepted,
+    OrderCanceled,
+    OrderCancelRejected,
+    OrderDoneForDay,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderIntent,
+    OrderNew,
+    OrderPendingCancel,
+    OrderPendingReplace,
+    OrderRejected,
+    OrderReplaced,
+)
+from daemon.model import OrderSide, OrderType, TimeInForce
+
+
+class OrderStatus(enum.StrEnum):
+    PENDING_NEW = "pending_new"
+    ACCEPTED = "accepted"
+    NEW = "new"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    REPLACED = "replaced"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    DONE_FOR_DAY = "done_for_day"
+    ABANDONED = "abandoned"
+
+
+S = OrderStatus
+TERMINAL: frozenset[OrderStatus] = frozenset(
+    {S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED, S.REPLACED, S.ABANDONED}
+)
+OPEN: frozenset[OrderStatus] = frozenset(set(S) - TERMINAL)
+
+# A fill's target is decided by quantity, so the table names it FILL and ``_fill_target``
+# resolves it; a cancel-reject returns to the working status the fills imply (WORKING).
+_FILL = "fill"
+_WORKING = "working"
+_Target = OrderStatus | str
+
+_ALWAYS_WHILE_OPEN: dict[type[OrderEvent], _Target] = {
+    OrderFilled: _FILL,
+    OrderCanceled: S.CANCELED,
+    OrderExpired: S.EXPIRED,
+}
+
+ORDER_TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], _Target]] = {
+    S.PENDING_NEW: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderAccepted: S.ACCEPTED,
+        OrderNew: S.NEW,
+        OrderRejected: S.REJECTED,
+        OrderPendingCancel: S.PENDING_CANCEL,
+        OrderAbandoned: S.ABANDONED,
+    },
+    S.ACCEPTED: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderAccepted: S.ACCEPTED,
+        OrderNew: S.NEW,
+        OrderRejected: S.REJECTED,
+        OrderPendingCancel: S.PENDING_CANCEL,
+        OrderPendingReplace: S.PENDING_REPLACE,
+        OrderDoneForDay: S.DONE_FOR_DAY,
+    },
+    S.NEW: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderNew: S.NEW,
+        OrderRejected: S.REJECTED,
+        OrderPendingCancel: S.PENDING_CANCEL,
+        OrderPendingReplace: S.PENDING_REPLACE,
+        OrderReplaced: S.REPLACED,
+        OrderDoneForDay: S.DONE_FOR_DAY,
+    },
+    S.PARTIALLY_FILLED: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderPendingCancel: S.PENDING_CANCEL,
+        OrderPendingReplace: S.PENDING_REPLACE,
+        OrderReplaced: S.REPLACED,
+        OrderDoneForDay: S.DONE_FOR_DAY,
+    },
+    S.PENDING_CANCEL: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderPendingCancel: S.PENDING_CANCEL,
+        OrderCancelRejected: _WORKING,
+    },
+    S.PENDING_REPLACE: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderPendingReplace: S.PENDING_REPLACE,
+        OrderReplaced: S.REPLACED,
+        OrderCancelRejected: _WORKING,
+    },
+    S.DONE_FOR_DAY: {
+        **_ALWAYS_WHILE_OPEN,
+        OrderNew: S.NEW,
+        OrderPendingCancel: S.PENDING_CANCEL,
+    },
+    **{s: {} for s in TERMINAL},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLogEntry:
+    ts: datetime
+    status: OrderStatus
+    note: str
+
+
+@dataclass(slots=True)
+class Order:
+    """One order's book entry. Change it only through ``apply``."""
+
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    qty: int
+    order_type: OrderType
+    time_in_force: TimeInForce
+    created_ts: datetime
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    reference_price: Decimal | None = None
+    signal_id: str | None = None
+    broker_order_id: str = ""
+    status: OrderStatus = OrderStatus.PENDING_NEW
+    filled_qty: int = 0
+    filled_notional: Decimal = Decimal(0)
+    execution_ids: set[str] = field(default_factory=set)
+    log: list[OrderLogEntry] = field(default_factory=list)
+
+    @classmethod
+    def from_intent(cls, intent: OrderIntent) -> Order:
+        order = cls(
+            client_order_id=intent.client_order_id,
+            symbol=intent.symbol,
+            side=intent.side,
+            qty=intent.qty,
+            order_type=intent.order_type,
+            time_in_force=intent.time_in_force,
+            created_ts=intent.ts,
+            limit_price=intent.limit_price,
+            stop_price=intent.stop_price,
+            reference_price=intent.reference_price,
+            signal_id=intent.signal.id if intent.signal else None,
+        )
+        order.log.append(OrderLogEntry(intent.ts, OrderStatus.PENDING_NEW, "created"))
+        return order
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+    @property
+    def leaves_qty(self) -> int:
+        return 0 if self.status in TERMINAL else self.qty - self.filled_qty
+
+    @property
+    def avg_fill_price(self) -> Decimal | None:
+        return self.filled_notional / self.filled_qty if self.filled_qty else None
+
+    def apply(self, event: OrderEvent) -> bool:
+        """Apply a broker event; returns False when it was a duplicate fill (no change).
+
+        Raises:
+            InvalidOrderTransition: the event is not legal in the current status.
+            OverfillError: the fill would exceed the order quantity.
+        """
+        if isinstance(event, OrderFilled) and event.fill.execution_id in self.execution_ids:
+            return False
+        target = ORDER_TRANSITIONS[self.status].get(type(event))
+        if target is None:
+            raise InvalidOrderTransition(
+                f"{type(event).__name__} not allowed in status {self.status}",
+                client_order_id=self.client_order_id,
+            )
+        note = ""
+        if isinstance(event, OrderFilled):
+            target, note = self._take_fill(event)
+        elif target == _WORKING:
+            target = S.PARTIALLY_FILLED if self.filled_qty else S.NEW
+        if isinstance(event, OrderAccepted | OrderNew) and event.broker_order_id:
+            self.broker_order_id = event.broker_order_id
+        assert isinstance(target, OrderStatus)
+        self.status = target
+        self.log.append(OrderLogEntry(event.ts, target, note or type(event).__name__))
+        return True
+
+    def _take_fill(self, event: OrderFilled) -> tuple[OrderStatus, str]:
+        fill = event.fill
+        if fill.qty <= 0 or self.filled_qty + fill.qty > self.qty:
+            raise OverfillError(
+                f"fill {fill.execution_id} qty {fill.qty} with {self.filled_qty} of "
+                f"{self.qty} already filled",
+                client_order_id=self.client_order_id,
+            )
+        self.execution_ids.add(fill.execution_id)
+        self.filled_qty += fill.qty
+        self.filled_notional += fill.price * fill.qty
+        done = self.filled_qty == self.qty
+        # A fill on a pending cancel/replace leaves the request pending unless it completes.
+        if not done and self.status in (S.PENDING_CANCEL, S.PENDING_REPLACE):
+            target = self.status
+        else:
+            target = S.FILLED if done else S.PARTIALLY_FILLED
+        return target, f"fill {fill.qty}@{fill.price} exec={fill.execution_id}"

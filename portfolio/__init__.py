@@ -1,0 +1,5 @@
+"""Portfolio: positions, cash, P&L and exposure, updated only from fills."""
+
+from portfolio.book import Portfolio, PositionView
+
+__all__ = ["Portfolio", "PositionView"]

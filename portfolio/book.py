@@ -1,0 +1,154 @@
+"""The portfolio book: positions, cash, average cost, P&L and exposure, from fills only.
+
+Amounts are exact ``Decimal``. Last prices arrive as floats from bar batches and are
+turned into decimals (``repr`` of the float, i.e. the price as written) only for symbols
+held, so marking 53 symbols per batch stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from daemon.events import BarBatch, Event, OrderFilled, PositionChanged
+from daemon.model import BrokerPosition, Fill, Position, to_price
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    symbol: str
+    qty: int
+    avg_price: Decimal
+    last_price: Decimal | None
+    market_value: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+
+
+class Portfolio:
+    """Books fills into positions and cash; marks positions to the last bar close.
+
+    Events published: ``PositionChanged`` after every fill.
+    """
+
+    def __init__(self, initial_cash: Decimal, publish: Callable[[Event], None] | None = None):
+        self.cash = Decimal(initial_cash)
+        self.positions: dict[str, Position] = {}
+        self.last_price: dict[str, float] = {}
+        self.commissions = ZERO
+        self.fill_count = 0
+        self._publish = publish
+
+    # -- updates -----------------------------------------------------------------------
+
+    def on_bars(self, batch: BarBatch) -> None:
+        self.last_price.update(zip(batch.symbols, batch.close.tolist(), strict=True))
+
+    def on_fill(self, event: OrderFilled) -> None:
+        pos = self.apply_fill(event.fill)
+        if self._publish is not None:
+            self._publish(
+                PositionChanged(symbol=pos.symbol, qty=pos.qty, avg_price=pos.avg_price,
+                                realized_pnl=pos.realized_pnl, ts=event.ts)
+            )
+
+    def apply_fill(self, fill: Fill) -> Position:
+        """Book one fill: cash moves by qty x price plus commission; average cost is
+        the weighted cost of the open quantity; closing quantity realizes P&L."""
+        pos = self.positions.get(fill.symbol)
+        if pos is None:
+            pos = self.positions[fill.symbol] = Position(fill.symbol)
+        signed = fill.signed_qty
+        self.cash -= fill.price * signed + fill.commission
+        self.commissions += fill.commission
+        self.fill_count += 1
+        if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
+            new_qty = pos.qty + signed
+            pos.avg_price = (pos.avg_price * abs(pos.qty) + fill.price * abs(signed)) / abs(new_qty)
+            pos.qty = new_qty
+            return pos
+        closing = min(abs(signed), abs(pos.qty))
+        direction = 1 if pos.qty > 0 else -1
+        pos.realized_pnl += (fill.price - pos.avg_price) * closing * direction
+        pos.qty += signed
+        if pos.qty == 0:
+            pos.avg_price = ZERO
+        elif (pos.qty > 0) != (direction > 0):
+            pos.avg_price = fill.price  # flipped: the remainder opened at this fill's price
+        return pos
+
+    def restore(self, cash: Decimal, positions: Iterable[BrokerPosition]) -> None:
+        """Replace the books with a known state (recovery, or adopting the broker's)."""
+        self.cash = Decimal(cash)
+        self.positions = {
+            p.symbol: Position(p.symbol, p.qty, p.avg_price) for p in positions if p.qty
+        }
+
+    # -- views ---------------------------------------------------------------------------
+
+    def qty(self, symbol: str) -> int:
+        pos = self.positions.get(symbol)
+        return pos.qty if pos else 0
+
+    def price(self, symbol: str) -> Decimal | None:
+        last = self.last_price.get(symbol)
+        return to_price(last) if last is not None else None
+
+    def market_value(self, symbol: str) -> Decimal:
+        pos = self.positions.get(symbol)
+        if not pos or not pos.qty:
+            return ZERO
+        px = self.price(symbol)
+        return pos.qty * (px if px is not None else pos.avg_price)
+
+    def equity(self) -> Decimal:
+        return self.cash + sum((self.market_value(s) for s in self.positions), ZERO)
+
+    def gross_exposure(self) -> Decimal:
+        return sum((abs(self.market_value(s)) for s in self.positions), ZERO)
+
+    def net_exposure(self) -> Decimal:
+        return sum((self.market_value(s) for s in self.positions), ZERO)
+
+    def realized_pnl(self) -> Decimal:
+        return sum((p.realized_pnl for p in self.positions.values()), ZERO)
+
+    def unrealized_pnl(self) -> Decimal:
+        return sum((v.unrealized_pnl for v in self.views()), ZERO)
+
+    def views(self) -> list[PositionView]:
+        out = []
+        for sym, pos in sorted(self.positions.items()):
+            if not pos.qty:
+                continue
+            px = self.price(sym)
+            mv = self.market_value(sym)
+            out.append(PositionView(sym, pos.qty, pos.avg_price, px, mv,
+                                    mv - pos.avg_price * pos.qty, pos.realized_pnl))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready summary (decimals as strings) for ``tradingd status``."""
+        return {
+            "cash": str(self.cash.quantize(Decimal("0.0001"))),
+            "equity": str(self.equity().quantize(Decimal("0.0001"))),
+            "gross_exposure": str(self.gross_exposure().quantize(Decimal("0.01"))),
+            "net_exposure": str(self.net_exposure().quantize(Decimal("0.01"))),
+            "realized_pnl": str(self.realized_pnl().quantize(Decimal("0.0001"))),
+            "unrealized_pnl": str(self.unrealized_pnl().quantize(Decimal("0.0001"))),
+            "commissions": str(self.commissions),
+            "positions": {
+                v.symbol: {
+                    "qty": v.qty,
+                    "avg_price": str(v.avg_price.quantize(Decimal("0.0001"))),
+                    "market_value": str(v.market_value.quantize(Decimal("0.01"))),
+                    "unrealized_pnl": str(v.unrealized_pnl.quantize(Decimal("0.01"))),
+                }
+                for v in self.views()
+            },
+        }
+
