@@ -16,7 +16,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from daemon.events import OrderEvent, OrderIntent
+from daemon.events import Event, OrderIntent
 from daemon.model import (
     AccountSnapshot,
     BrokerPosition,
@@ -27,7 +27,9 @@ from daemon.model import (
 )
 from daemon.orders import OrderStatus
 
-EventSink = Callable[[OrderEvent], None]
+# Brokers report ``OrderEvent``s and ``BrokerStatusChanged`` through the sink, always on
+# the event loop's thread (adapters with SDK threads hop with call_soon_threadsafe).
+EventSink = Callable[[Event], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -327,6 +327,18 @@ class Heartbeat(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerStatusChanged(Event):
+    """A broker connection changed: ``connected``, ``disconnected``, ``recovering``
+    (reconnected, fetching what was missed over REST: the gate denies with RECONCILING),
+    ``ready`` (caught up)."""
+
+    broker: str
+    status: str
+    ts: datetime
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownRequested(Event):
     why: str
     ts: datetime
