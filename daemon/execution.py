@@ -1,0 +1,315 @@
+"""The order manager: the one owner of orders between the gate and the broker.
+
+It handles ``SubmitOrder`` (from the gate only), ``CancelOrder`` and ``CancelAllOrders``;
+hands orders to the broker from a worker task (broker calls do I/O, bus handlers don't
+await); and is the single consumer of broker reports: each report is applied to its
+``Order`` (the state machine de-duplicates fills and refuses illegal transitions) and
+only reports that changed something are published on the bus. So a duplicated fill from
+a broker stream never reaches the portfolio.
+
+Outbox policy: bounded (``outbox_size``). Orders are never dropped silently: when full,
+the order is rejected locally with reason ``BACKPRESSURE`` (an ``OrderRejected`` report),
+logged and counted, and the next signal can try again.
+
+Events published: ``OrderSubmitted``, and every broker ``OrderEvent`` that changed an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+from brokers.base import Broker, BrokerOrder
+from daemon.clock import Clock
+from daemon.errors import (
+    AmbiguousSubmission,
+    BrokerError,
+    BrokerRejected,
+    InvalidOrderTransition,
+    OverfillError,
+)
+from daemon.events import (
+    AlertRaised,
+    CancelAllOrders,
+    CancelOrder,
+    Event,
+    OrderAccepted,
+    OrderCanceled,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderIntent,
+    OrderNew,
+    OrderRejected,
+    OrderSubmitted,
+    SubmitOrder,
+)
+from daemon.orders import Order, OrderStatus
+from daemon.time import trading_day
+
+log = structlog.get_logger("daemon.execution")
+
+
+class OrderManager:
+    """Owns every order of the session. Enter it (``async with``) to run its worker."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        clock: Clock,
+        publish: Callable[[Event], None],
+        submit_timeout: float = 30.0,
+        outbox_size: int = 1024,
+        on_intent: Callable[[OrderIntent], None] | None = None,
+    ) -> None:
+        self._broker = broker
+        self._clock = clock
+        self._publish = publish
+        self._timeout = submit_timeout
+        self._outbox: deque[OrderIntent] = deque()
+        self._outbox_size = outbox_size
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._in_flight = 0
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # Called with each intent before it goes to the broker (the journal writes it
+        # durably here, so a crash after the broker call can still be resolved).
+        self._on_intent = on_intent
+        self.orders: dict[str, Order] = {}
+        self.unknown_reports: list[OrderEvent] = []
+        self._day = ""
+        self._per_symbol_today: Counter[str] = Counter()
+        self.submitted_today = 0
+        self.stats: Counter[str] = Counter()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._worker(), name="orders.submit")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        tasks = [t for t in (self._task, *self._background) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drained(self) -> None:
+        """Wait until every handed-over order has reached the broker (or failed)."""
+        while self._outbox or self._in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def execute_submit(self, cmd: SubmitOrder) -> None:
+        intent = cmd.intent
+        if intent.client_order_id in self.orders:
+            log.warning("order.duplicate_id", client_order_id=intent.client_order_id)
+            self.stats["duplicate_id"] += 1
+            return
+        order = Order.from_intent(intent)
+        self.orders[intent.client_order_id] = order
+        self._count(intent)
+        if len(self._outbox) >= self._outbox_size:
+            self.stats["backpressure"] += 1
+            self._publish(OrderSubmitted(client_order_id=order.client_order_id, ts=intent.ts))
+            self.on_report(OrderRejected(client_order_id=order.client_order_id,
+                                         ts=self._clock.now(), reason="BACKPRESSURE"))
+            return
+        if self._on_intent is not None:
+            self._on_intent(intent)
+        log.info("order.submitted", client_order_id=order.client_order_id, symbol=order.symbol,
+                 side=str(order.side), qty=order.qty, type=str(order.order_type),
+                 reference_price=str(intent.reference_price),
+                 signal_id=order.signal_id)
+        self._publish(OrderSubmitted(client_order_id=order.client_order_id, ts=intent.ts))
+        self._outbox.append(intent)
+        self._idle.clear()
+        self._wake.set()
+
+    def execute_cancel(self, cmd: CancelOrder) -> None:
+        order = self.orders.get(cmd.client_order_id)
+        if order is None or not order.is_open:
+            log.info("order.cancel_skipped", client_order_id=cmd.client_order_id,
+                     status=str(order.status) if order else "unknown")
+            return
+        log.info("order.cancel", client_order_id=cmd.client_order_id, reason=cmd.reason)
+        self._spawn(self._cancel(cmd.client_order_id), "orders.cancel")
+
+    def execute_cancel_all(self, cmd: CancelAllOrders) -> None:
+        log.info("order.cancel_all", reason=cmd.reason, open=len(self.open_orders()))
+        self._spawn(self._cancel_all(), "orders.cancel_all")
+
+    # -- broker reports ------------------------------------------------------------------
+
+    def on_report(self, event: Event) -> None:
+        """Apply a broker report; publish it only if it changed an order."""
+        if not isinstance(event, OrderEvent):
+            self._publish(event)
+            return
+        order = self.orders.get(event.client_order_id)
+        if order is None:
+            self.unknown_reports.append(event)
+            log.warning("order.unknown_report", client_order_id=event.client_order_id,
+                        event=type(event).__name__)
+            return
+        try:
+            changed = order.apply(event)
+        except InvalidOrderTransition as exc:
+            # Streams replay and reorder; reconciliation with the broker settles it.
+            self.stats["illegal_transition"] += 1
+            log.warning("order.illegal_transition", client_order_id=order.client_order_id,
+                        status=str(order.status), event=type(event).__name__, error=str(exc))
+            return
+        except OverfillError as exc:
+            self.stats["overfill"] += 1
+            log.error("order.overfill", client_order_id=order.client_order_id, error=str(exc))
+            self._publish(AlertRaised(name="order.overfill", severity="critical",
+                                      ts=self._clock.now(),
+                                      detail={"client_order_id": order.client_order_id}))
+            return
+        if not changed:
+            self.stats["duplicate_fill"] += 1
+            log.info("order.duplicate_fill", client_order_id=order.client_order_id)
+            return
+        self._log_report(order, event)
+        self._publish(event)
+
+    def adopt(self, order: Order) -> None:
+        """Take over an order rebuilt elsewhere (recovery from the journal)."""
+        self.orders[order.client_order_id] = order
+
+    # -- views for sizing and the gate ---------------------------------------------------
+
+    def open_orders(self) -> list[Order]:
+        return [o for o in self.orders.values() if o.is_open]
+
+    def working_qty(self, symbol: str) -> int:
+        """Signed quantity still to fill in open orders for ``symbol``."""
+        return sum(o.leaves_qty * o.side.sign for o in self.orders.values()
+                   if o.is_open and o.symbol == symbol)
+
+    def orders_today(self, symbol: str | None = None) -> int:
+        self._roll_day()
+        return self._per_symbol_today[symbol] if symbol else self.submitted_today
+
+    def restore_counters(self, day: str, per_symbol: dict[str, int]) -> None:
+        self._day = day
+        self._per_symbol_today = Counter(per_symbol)
+        self.submitted_today = sum(per_symbol.values())
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _count(self, intent: OrderIntent) -> None:
+        self._roll_day()
+        self._per_symbol_today[intent.symbol] += 1
+        self.submitted_today += 1
+
+    def _roll_day(self) -> None:
+        day = trading_day(self._clock.now())
+        if day != self._day:
+            self._day = day
+            self._per_symbol_today.clear()
+            self.submitted_today = 0
+
+    def _log_report(self, order: Order, event: OrderEvent) -> None:
+        if isinstance(event, OrderFilled):
+            f = event.fill
+            log.info("order.filled" if order.status is OrderStatus.FILLED else "order.partial_fill",
+                     client_order_id=order.client_order_id, symbol=order.symbol,
+                     side=str(order.side), qty=f.qty, price=str(f.price),
+                     filled_qty=order.filled_qty, order_qty=order.qty,
+                     execution_id=f.execution_id)
+        elif isinstance(event, OrderRejected):
+            log.warning("order.rejected", client_order_id=order.client_order_id,
+                        symbol=order.symbol, reason=event.reason)
+        elif isinstance(event, OrderAccepted | OrderNew):
+            log.debug("order.acknowledged", client_order_id=order.client_order_id,
+                      status=str(order.status))
+        elif isinstance(event, OrderCanceled | OrderExpired):
+            log.info("order." + str(order.status), client_order_id=order.client_order_id,
+                     filled_qty=order.filled_qty, order_qty=order.qty)
+        else:
+            log.info("order.status", client_order_id=order.client_order_id,
+                     status=str(order.status), event=type(event).__name__)
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._outbox:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            intent = self._outbox.popleft()
+            self._in_flight += 1
+            try:
+                await self._submit(intent)
+            finally:
+                self._in_flight -= 1
+
+    async def _submit(self, intent: OrderIntent) -> None:
+        cid = intent.client_order_id
+        try:
+            await asyncio.wait_for(self._broker.submit(intent), self._timeout)
+        except BrokerRejected as exc:
+            self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
+                                         reason=str(exc)))
+        except (AmbiguousSubmission, TimeoutError) as exc:
+            self.stats["ambiguous"] += 1
+            log.warning("order.ambiguous", client_order_id=cid, error=repr(exc))
+            await self.resolve(cid)
+        except BrokerError as exc:
+            # Certainly not at the broker (e.g. unavailable before sending): reject
+            # locally; the next signal may try again with a new intent.
+            self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
+                                         reason=f"broker error: {exc}"))
+
+    async def resolve(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an in-flight order up at the broker and adopt what the broker says.
+
+        Never re-sends: an order the broker does not know stays in flight until
+        reconciliation marks it abandoned.
+        """
+        try:
+            found = await asyncio.wait_for(self._broker.get_order(client_order_id),
+                                           self._timeout)
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.lookup_failed", client_order_id=client_order_id, error=repr(exc))
+            return None
+        if found is not None:
+            for event in reports_for(found, self.orders.get(client_order_id), self._clock.now()):
+                self.on_report(event)
+        log.info("order.resolved", client_order_id=client_order_id,
+                 found=found is not None, status=str(found.status) if found else None)
+        return found
+
+
+def reports_for(found: BrokerOrder, order: Order | None, ts: datetime) -> Iterable[OrderEvent]:
+    """The acknowledgement implied by a broker snapshot (fills come from fill records)."""
+    if order is None:
+        return []
+    out: list[OrderEvent] = []
+    cid = found.client_order_id
+    if order.status is OrderStatus.PENDING_NEW and found.status is not OrderStatus.PENDING_NEW:
+        if found.status is OrderStatus.REJECTED:
+            out.append(OrderRejected(client_order_id=cid, ts=ts, reason="rejected at broker"))
+        else:
+            out.append(OrderNew(client_order_id=cid, ts=ts,
+                                broker_order_id=found.broker_order_id))
+    return out
