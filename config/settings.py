@@ -3,12 +3,15 @@
 Precedence, highest first: explicit overrides (CLI flags) > environment
 (``TRADINGD_<KEY>``, ``__`` between levels, e.g. ``TRADINGD_RISK__MAX_POSITION_PCT``;
 Alpaca keys and URLs also from ``APCA_API_KEY_ID``, ``APCA_API_SECRET_KEY``,
-``APCA_API_BASE_URL``, ``APCA_API_DATA_URL``) > the YAML file > defaults.
+``APCA_API_BASE_URL``, ``APCA_API_DATA_URL``; MQTT from ``TRADINGD_MQTT_URL``,
+``TRADINGD_MQTT_USERNAME``, ``TRADINGD_MQTT_PASSWORD``, ``TRADINGD_MQTT_CONTROL_SECRET``)
+> the YAML file > defaults.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,16 @@ from risk.config import RiskConfig
 from signals.config import SignalsConfig
 
 ENV_PREFIX = "TRADINGD_"
-_APCA_ENV = {
+_URL_USERINFO = re.compile(r"//[^/@]*@")
+_ENV_ALIASES = {
     "APCA_API_KEY_ID": ("broker", "alpaca", "key_id"),
     "APCA_API_SECRET_KEY": ("broker", "alpaca", "secret_key"),
     "APCA_API_BASE_URL": ("broker", "alpaca", "base_url"),
     "APCA_API_DATA_URL": ("broker", "alpaca", "data_url"),
+    "TRADINGD_MQTT_URL": ("signals", "mqtt", "url"),
+    "TRADINGD_MQTT_USERNAME": ("signals", "mqtt", "username"),
+    "TRADINGD_MQTT_PASSWORD": ("signals", "mqtt", "password"),
+    "TRADINGD_MQTT_CONTROL_SECRET": ("signals", "mqtt", "control_secret"),
 }
 
 
@@ -88,7 +96,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     file_data = _read_yaml(path or default_config_path())
     init = dict(overrides or {})
-    for var, key_path in _APCA_ENV.items():
+    for var, key_path in _ENV_ALIASES.items():
         if env.get(var):
             _deep_set(init, key_path, env[var])
 
@@ -133,6 +141,9 @@ def _config_error(exc: ValidationError, env: dict[str, str] | os._Environ[str]) 
     value = err.get("input")
     if isinstance(value, dict):
         value = "{...}"
+    elif isinstance(value, str):
+        # A URL with user:password@ must not carry the password into the error message.
+        value = _URL_USERINFO.sub("//***@", value)
     return ConfigError(key, value, err["msg"])
 
 

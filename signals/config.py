@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from config.base import ComponentConfig
+
+# A topic prefix is one or more plain MQTT levels: no wildcards, no empty levels.
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 
 class DemoRuleConfig(ComponentConfig):
@@ -17,8 +22,8 @@ class DemoRuleConfig(ComponentConfig):
     configs simply never go below zero after sizing)."""
 
     enabled: bool = True
-    lookback: int = Field(30, ge=2)
-    every_bars: int = Field(15, ge=1)
+    lookback: int = Field(default=30, ge=2)
+    every_bars: int = Field(default=15, ge=1)
 
 
 class ModelConfig(ComponentConfig):
@@ -27,6 +32,91 @@ class ModelConfig(ComponentConfig):
     features_path: Path | None = None
 
 
+class MqttConfig(ComponentConfig):
+    """External signals, events and control over MQTT (``signals.mqtt.MqttBridge``).
+
+    Off by default: the daemon then trades on its own signals only. ``enabled`` needs a
+    ``url`` (``mqtt://host:1883`` or ``mqtts://host:8883``; also from the environment as
+    ``TRADINGD_MQTT_URL``). Credentials never go in the URL: ``username``/``password``
+    (``TRADINGD_MQTT_USERNAME``/``TRADINGD_MQTT_PASSWORD``). ``control_secret`` is the
+    HMAC-SHA256 key that every message on ``<prefix>/control`` must be signed with
+    (``TRADINGD_MQTT_CONTROL_SECRET``); without it every control message is refused.
+
+    Defaults: prefix ``tradingd``, client_id ``<prefix>-daemon`` (with ``/`` as ``-``),
+    keepalive 30 s, max_payload_bytes 64 KiB, inbound_queue 4096 messages, outbound_queue
+    2048 messages, dedup_window 100,000 signal ids, heartbeat_secs 5,
+    control_max_skew_secs 30, reconnect backoff 0.5 s doubling to 30 s (with jitter).
+    """
+
+    enabled: bool = False
+    url: str | None = Field(default=None, description="mqtt://host:port, mqtts://host:port")
+    prefix: str = Field(default="tradingd", description="topic prefix: <prefix>/signals etc.")
+    client_id: str | None = Field(default=None, description="default: <prefix>-daemon")
+    username: str | None = None
+    password: SecretStr | None = None
+    control_secret: SecretStr | None = Field(default=None, description="HMAC key (control)")
+    control_commands: tuple[str, ...] = Field(
+        default=("halt", "resume", "emergency-stop", "liquidate"),
+        description="commands accepted on <prefix>/control (when signed)",
+    )
+    control_max_skew_secs: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_secs: int = Field(default=30, ge=5, le=3600)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    max_batch_symbols: int = Field(default=1000, ge=1)
+    inbound_queue: int = Field(default=4096, ge=1, description="received, not yet validated")
+    outbound_queue: int = Field(default=2048, ge=1, description="events not yet published")
+    dedup_window: int = Field(default=100_000, ge=1, description="signal ids remembered")
+    heartbeat_secs: float = Field(default=5.0, gt=0)
+    reconnect_min_secs: float = Field(default=0.5, gt=0)
+    reconnect_max_secs: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in the URL: use username/password")
+        _ = parts.port  # raises ValueError on a bad port
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not _PREFIX.match(v):
+            raise ValueError("plain topic levels only (letters, digits, _ -), no wildcards")
+        return v
+
+    @model_validator(mode="after")
+    def _enabled_needs_url(self) -> MqttConfig:
+        if self.enabled and self.url is None:
+            raise ValueError("signals.mqtt.enabled needs signals.mqtt.url (or TRADINGD_MQTT_URL)")
+        if self.reconnect_max_secs < self.reconnect_min_secs:
+            raise ValueError("reconnect_max_secs must be >= reconnect_min_secs")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "mqtt://127.0.0.1").hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "mqtt://127.0.0.1")
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url or "").scheme == "mqtts"
+
+    @property
+    def identifier(self) -> str:
+        return self.client_id or f"{self.prefix.replace('/', '-')}-daemon"
+
+
 class SignalsConfig(ComponentConfig):
     demo: DemoRuleConfig = DemoRuleConfig()
     model: ModelConfig = ModelConfig()
+    mqtt: MqttConfig = MqttConfig()
