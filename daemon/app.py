@@ -7,9 +7,10 @@ broker -> reports -> order manager -> ``OrderFilled`` -> portfolio.
 
 Tasks owned (all named): ``feed.replay`` (or the live feed), ``bus.pump`` (drains the
 inbox of broker/MQTT/live-bar messages), ``orders.submit``, ``timers`` (live),
-``sdnotify.watchdog``. Any task failing, or any handler raising, stops the daemon in
-order: stop taking signals, let in-flight orders reach the broker within
-``shutdown_grace_secs``, log the session summary, exit non-zero.
+``sdnotify.watchdog``; with ``signals.mqtt.enabled`` the MQTT bridge (external signals
+through the inbox, events out, signed control) owns ``mqtt.*``. Any task failing, or any
+handler raising, stops the daemon in order: stop taking signals, let in-flight orders
+reach the broker within ``shutdown_grace_secs``, log the session summary, exit non-zero.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import signal
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -56,6 +57,9 @@ from daemon.stats import SessionStats
 from portfolio import Portfolio
 from risk.sizing import Sizer
 from signals.demo import MomentumRule
+
+if TYPE_CHECKING:
+    from signals.mqtt import MqttBridge
 
 log = structlog.get_logger("daemon.app")
 
@@ -96,6 +100,7 @@ class Daemon:
         self.control = ControlServer(self.state_dir)
         self.trading_state = "ACTIVE"
         self._wire()
+        self.mqtt = self._mqtt_bridge()
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -123,6 +128,21 @@ class Daemon:
                           lambda ts: ReconcileTick(ts=ts))
         self.timers.every("risk", cfg.daemon.risk_interval_secs, lambda ts: RiskTick(ts=ts))
         self.control.register("status", self._ctl_status)
+
+    def _mqtt_bridge(self) -> MqttBridge | None:
+        """External signals, events and control over MQTT, when configured."""
+        cfg = self.settings.signals.mqtt
+        if not cfg.enabled:
+            return None
+        from signals.mqtt import MqttBridge
+
+        return MqttBridge(cfg, clock=self.clock, bus=self.bus, inbox=self.inbox,
+                          control=self.control.handlers, orders=self.orders.orders,
+                          trading_state=self.trading_state, on_failure=self._on_component_failure)
+
+    def _on_component_failure(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self.request_stop(f"component failed: {exc!r}")
 
     def _gate(self, cmd: PlaceOrder) -> None:
         self.bus.send(SubmitOrder(cmd.intent))
@@ -156,7 +176,8 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
-            async with self.broker, self.orders, self.control:
+            mqtt = self.mqtt or contextlib.nullcontext()
+            async with self.broker, self.orders, self.control, mqtt:
                 await self._start_books()
                 tasks = self._start_tasks()
                 self.notifier.ready(f"trading {self.settings.broker.kind}")

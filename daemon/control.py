@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import structlog
@@ -35,6 +35,12 @@ class ControlServer:
 
     def register(self, name: str, handler: ControlHandler) -> None:
         self._handlers[name] = handler
+
+    @property
+    def handlers(self) -> Mapping[str, ControlHandler]:
+        """A live read-only view of the registered commands (the MQTT bridge serves the
+        same handlers to signed control messages)."""
+        return MappingProxyType(self._handlers)
 
     async def __aenter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
