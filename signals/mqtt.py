@@ -439,7 +439,13 @@ class MqttBridge:
         self.outbox.put(Outgoing(kind, self._events_topic(kind), body=event, qos=qos))
 
     async def _publish(self, client: aiomqtt.Client) -> None:
+        me = asyncio.current_task()
         while True:
+            # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation
+            # that races with the publish completing; without this check the task would
+            # wait on the outbox forever and hang the TaskGroup (and the daemon's exit).
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             out = await self.outbox.get()
             try:
                 await client.publish(out.topic, self._encode(out), qos=out.qos,
