@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,9 @@ class Daemon:
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
         self.trading_state = "ACTIVE"
+        # Observers awaited after each replayed batch, once its orders reached the broker
+        # (invariant checks in tests, benchmarks, periodic marks).
+        self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
         self._wire()
 
     # -- wiring ------------------------------------------------------------------------
@@ -242,8 +245,12 @@ class Daemon:
             await pacer.wait_for(batch.ts)
             self.clock.set(batch.ts + interval)
             self.on_bar_batch(batch)
-            # Let this batch's orders reach the broker before the next bar exists.
+            # Let this batch's orders reach the broker before the next bar exists, and
+            # let the other tasks (pump, control socket, watchdog) run.
             await self.orders.drained()
+            for observer in self.after_batch:
+                await observer(batch)
+            await asyncio.sleep(0)
         log.info("feed.replay_done", batches=self.stats.bar_batches)
         self.request_stop("replay finished")
 
