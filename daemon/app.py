@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -95,6 +96,7 @@ class Daemon:
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
         self.trading_state = "ACTIVE"
+        self._status_written = 0.0
         # Observers awaited after each replayed batch, once its orders reached the broker
         # (invariant checks in tests, benchmarks, periodic marks).
         self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
@@ -132,6 +134,7 @@ class Daemon:
 
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
+        self.stats.bar_rows += len(batch.symbols)
 
     def _on_broker_event(self, event: Event) -> None:
         """Broker reports arrive here on the loop thread; the order manager owns them."""
@@ -142,7 +145,11 @@ class Daemon:
         self.request_stop(f"handler failed: {failure}")
 
     def _on_risk_tick(self, tick: RiskTick) -> None:
-        self.write_status()
+        # Status is for operators: at most once a wall second, however fast the replay.
+        now = time.monotonic()
+        if now - self._status_written >= 1.0:
+            self._status_written = now
+            self.write_status()
 
     # -- run -----------------------------------------------------------------------------
 

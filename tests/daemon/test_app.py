@@ -101,5 +101,5 @@ def test_speed_validation_when_bad_then_config_error(bad: str, tmp_path: Path) -
     if bad == "max":
         load_settings(overrides={"feed": {"speed": bad}})
         return
-    with pytest.raises(ConfigError, match="feed.speed"):
+    with pytest.raises(ConfigError, match=r"feed\.speed"):
         load_settings(overrides={"feed": {"speed": bad}})
