@@ -68,6 +68,7 @@ class OrderTracker:
         self.orders: dict[str, Order] = {}
         self.cid_by_broker_id: dict[str, str] = {}
         self._max_cum: dict[str, int] = {}
+        self._replacing: dict[str, str] = {}  # old cid -> new cid of a replace in flight
         self.last_server_ts: datetime | None = None
 
     # -- registration --------------------------------------------------------------
@@ -93,6 +94,7 @@ class OrderTracker:
             signal_id=old.signal_id,
         )
         self.orders.setdefault(new_cid, new)
+        self._replacing[old_cid] = new_cid
         return self.orders[new_cid]
 
     def adopt(self, o: dict[str, Any]) -> Order:
@@ -154,6 +156,7 @@ class OrderTracker:
             log.info("alpaca.terminal_held", client_order_id=cid, trade_event=event)
         elif event == "replaced":
             new_cid = self.cid_by_broker_id.get(str(o.get("replaced_by") or ""))
+            new_cid = new_cid or self._replacing.get(cid)
             if new_cid is None:
                 return True
             self._emit(order, OrderReplaced(cid, self._now(), new_client_order_id=new_cid))

@@ -146,6 +146,7 @@ class Emulator:
         self._hits: deque[float] = deque()
         self.bars: dict[datetime, list[dict[str, Any]]] = {}
         self._bar_cursor = 0
+        self._page_cap = 10_000  # tests lower it to force paging with the SDK's limit
         if bars_csv:
             self.load_bars(bars_csv)
         self._runner: web.AppRunner | None = None
@@ -457,7 +458,7 @@ class Emulator:
             raise EmulatorError(422, 42210000, "only 1Min bars are emulated")
         symbols = [s for s in q.get("symbols", "").split(",") if s]
         start, end = _parse_ts(q.get("start")), _parse_ts(q.get("end"))
-        limit = max(1, min(int(q.get("limit") or 1000), 10_000))
+        limit = max(1, min(int(q.get("limit") or 1000), 10_000, self._page_cap))
         rows = [(b["S"], ts, b) for ts, bs in self.bars.items() for b in bs
                 if b["S"] in symbols and (not start or ts >= start) and (not end or ts <= end)]
         rows.sort(key=lambda r: (r[0], r[1]))  # symbol, then time: pages may hold one symbol
