@@ -434,8 +434,12 @@ class AlpacaBroker:
         """Probe a silent stream with a ping; cut it when the pong does not come back
         (the SDK then reconnects and we catch up)."""
         silence = self._cfg.stream_silence_secs
+        last_sweep = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, silence / 4))
+            await asyncio.sleep(min(1.0, silence / 4, self._cfg.reconcile_interval_secs / 2))
+            if time.monotonic() - last_sweep >= self._cfg.reconcile_interval_secs:
+                last_sweep = time.monotonic()
+                await self._sweep()
             stream = self._stream
             if stream is None or stream._loop is None or self._status == "disconnected":
                 continue
@@ -471,6 +475,31 @@ class AlpacaBroker:
             self._set_status("ready", "caught up over REST")
         finally:
             self._recovering = False
+
+    async def _sweep(self) -> None:
+        """Periodic check of our open orders against REST: an update the stream never
+        delivered (a dropped final fill, a silent cancel) is found here at the latest."""
+        if self._status != "ready" or not self._tracker.open_cids():
+            return
+        try:
+            rows: Any = await self._retry("open_orders", self._raw_open_orders)
+        except BrokerError as exc:
+            log.warning("alpaca.sweep_failed", error=str(exc))
+            return
+        live = {str(o["client_order_id"]): o for o in rows}
+        stale = []
+        for cid in self._tracker.open_cids():
+            o = live.get(cid)
+            if o is not None:
+                self._tracker.apply_snapshot(o, None)
+            if o is None or self._tracker.has_gap(cid):
+                stale.append(cid)
+        if stale:
+            log.info("alpaca.sweep_found", orders=len(stale))
+            try:
+                await self._catch_up(stale)
+            except BrokerError as exc:
+                log.warning("alpaca.sweep_failed", error=str(exc))
 
     def _schedule_reconcile(self, cid: str) -> None:
         self._reconcile_cids.add(cid)

@@ -139,6 +139,7 @@ class Emulator:
         self._reorder_buf: list[bytes] = []
         self._drop_after: int | None = None
         self._muted = False
+        self._refuse_until = 0.0
         self._trade_clients: set[_Client] = set()
         self._data_clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -523,6 +524,8 @@ class Emulator:
     # -- trade stream ------------------------------------------------------------------
 
     async def _trade_stream(self, request: web.Request) -> web.StreamResponse:
+        if time.monotonic() < self._refuse_until:
+            return web.Response(status=503, text="stream unavailable")
         if self.single_stream_connection and any(
             not c.ws.closed for c in self._trade_clients
         ):
@@ -701,6 +704,10 @@ class Emulator:
             self._trade_clients.discard(c)
             self._spawn(c.kill())
 
+    def refuse_stream_for(self, seconds: float) -> None:
+        """Answer trade-stream handshakes with 503 for a while (a longer outage)."""
+        self._refuse_until = time.monotonic() + seconds
+
     def drop_stream_after(self, k: int) -> None:
         self._drop_after = k
 
@@ -790,7 +797,7 @@ class Emulator:
 
     CONTROLS = frozenset({
         "fail_next", "delay_next", "clear_faults", "drop_stream", "drop_stream_after",
-        "mute_stream", "drop_events", "duplicate_events", "reorder_events",
+        "mute_stream", "refuse_stream_for", "drop_events", "duplicate_events", "reorder_events",
         "reject_next_orders", "set_clock", "set_price", "set_fill_parts", "set_liquidity",
         "pause_fills", "set_delays", "set_rate_limit", "emit_fill", "advance",
     })
