@@ -583,7 +583,8 @@ class AlpacaBroker:
         cfg = self._cfg
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(cfg.retry_attempts),
-            wait=wait_exponential_jitter(multiplier=cfg.retry_backoff_secs, jitter=cfg.retry_backoff_secs,
+            wait=wait_exponential_jitter(multiplier=cfg.retry_backoff_secs,
+                                         jitter=cfg.retry_backoff_secs,
                                          max=cfg.retry_backoff_max_secs),
             retry=retry_if_exception_type(BrokerUnavailable),
             reraise=True,

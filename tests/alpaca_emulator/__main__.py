@@ -30,9 +30,8 @@ async def _main(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         while not stop.is_set():
-            if args.bar_interval > 0 and emu.bars:
-                if emu.advance() is None:
-                    args.bar_interval = 0
+            if args.bar_interval > 0 and emu.bars and emu.advance() is None:
+                args.bar_interval = 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.bar_interval or None)
     finally:

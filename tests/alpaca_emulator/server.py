@@ -342,11 +342,11 @@ class Emulator:
         until = _parse_ts(q.get("until"))
         out = []
         for o in self.exchange.orders.values():
-            if status == "open" and not o.open or status == "closed" and o.open:
+            if (status == "open" and not o.open) or (status == "closed" and o.open):
                 continue
-            if symbols and o.symbol not in symbols or q.get("side") and o.side != q["side"]:
+            if (symbols and o.symbol not in symbols) or (q.get("side") and o.side != q["side"]):
                 continue
-            if after and o.created_at <= after or until and o.created_at >= until:
+            if (after and o.created_at <= after) or (until and o.created_at >= until):
                 continue
             out.append(o)
         out.sort(key=lambda o: o.created_at, reverse=q.get("direction", "desc") == "desc")
@@ -607,7 +607,7 @@ class Emulator:
     async def _drop_after_flush(self, clients: list[_Client]) -> None:
         # Let the writer put the K-th event on the wire before cutting the line.
         for c in clients:
-            while not c.queue.empty():
+            while not c.queue.empty():  # noqa: ASYNC110 (a queue has no "drained" event)
                 await asyncio.sleep(0.001)
         self.drop_stream()
 
@@ -641,7 +641,8 @@ class Emulator:
                     client.send(_err(401, "not authenticated"))
                 elif action in ("subscribe", "unsubscribe"):
                     syms = set(data.get("bars") or [])
-                    client.subs = client.subs | syms if action == "subscribe" else client.subs - syms
+                    sub = action == "subscribe"
+                    client.subs = client.subs | syms if sub else client.subs - syms
                     client.send(msgpack.packb([{
                         "T": "subscription", "trades": [], "quotes": [],
                         "bars": sorted(client.subs), "updatedBars": [], "dailyBars": [],

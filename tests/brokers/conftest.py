@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -58,16 +59,14 @@ class Recorder:
     def statuses(self) -> list[str]:
         return [e.status for e in self.events if isinstance(e, BrokerStatusChanged)]
 
-    async def wait_for(self, pred: Any, timeout: float = 5.0) -> None:
+    async def wait_for(self, pred: Any, wait_secs: float = 5.0) -> None:
         async def loop() -> None:
             while not pred():
                 self._changed.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 0.05)
-                except TimeoutError:
-                    pass
 
-        await asyncio.wait_for(loop(), timeout)
+        await asyncio.wait_for(loop(), wait_secs)
 
 
 @pytest.fixture

@@ -307,10 +307,10 @@ class TestBarFeed:
         assert "page_token" not in pages[0]["query"] and "page_token" in pages[1]["query"]
 
 
-async def _wait(pred: object, timeout: float = 5.0) -> None:
+async def _wait(pred: object, wait_secs: float = 5.0) -> None:
     import asyncio
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_secs
     while not pred():  # type: ignore[operator]
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")

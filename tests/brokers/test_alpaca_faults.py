@@ -60,10 +60,10 @@ async def fbroker(emu: EmulatorThread, recorder: Recorder,
 
 
 async def submit_and_fill(broker: AlpacaBroker, recorder: Recorder, it: OrderIntent,
-                          timeout: float = 5.0) -> None:
+                          wait_secs: float = 5.0) -> None:
     order = recorder.track(it)
     await broker.submit(it)
-    await recorder.wait_for(lambda: order.status in TERMINAL, timeout)
+    await recorder.wait_for(lambda: order.status in TERMINAL, wait_secs)
 
 
 class TestAmbiguousSubmit:
@@ -106,7 +106,7 @@ class TestAmbiguousSubmit:
         emu.delay_next(1, seconds=1.5, method="POST", path="/v2/orders")
         it = intent()
         t0 = time.monotonic()
-        await submit_and_fill(fbroker, recorder, it, timeout=6)
+        await submit_and_fill(fbroker, recorder, it, wait_secs=6)
         assert time.monotonic() - t0 < 5
         await asyncio.sleep(0.8)  # let the hung request finish at the emulator
         assert_exactly_once(emu, recorder, [it])
