@@ -222,10 +222,20 @@ class _StreamHooks:
 
 
 def _thread_stop(
-    loop: asyncio.AbstractEventLoop | None, coro: Callable[[], Coroutine[Any, Any, None]],
+    get_loop: Callable[[], asyncio.AbstractEventLoop | None],
+    coro: Callable[[], Coroutine[Any, Any, None]],
     fallback: Callable[[], None], thread: threading.Thread | None,
 ) -> None:
-    """Stop an SDK stream from outside its thread and wait for the thread to end."""
+    """Stop an SDK stream from outside its thread and wait for the thread to end.
+
+    The SDK's ``_run_forever`` clears its stop queue and sets ``_should_run`` when it
+    starts, so a stop sent before its loop exists would be lost: wait for the loop.
+    """
+    deadline = time.monotonic() + _STREAM_STOP_SECS
+    while (get_loop() is None and thread is not None and thread.is_alive()
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    loop = get_loop()
     if loop is not None and loop.is_running():
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(coro(), loop).result(_STREAM_STOP_SECS)
@@ -329,7 +339,8 @@ class AlpacaBroker:
                 stream._should_run = False
                 stream._stop_stream_queue.put_nowait({"should_stop": True})
 
-            await asyncio.to_thread(_thread_stop, stream._loop, stream.shutdown, fallback, thread)
+            await asyncio.to_thread(_thread_stop, lambda: stream._loop, stream.shutdown,
+                                    fallback, thread)
         if self._client is not None:
             self._client._session.close()
         if self._log_filter is not None:
@@ -920,7 +931,8 @@ class AlpacaBarFeed:
                 stream._should_run = False
                 stream._stop_stream_queue.put_nowait({"should_stop": True})
 
-            await asyncio.to_thread(_thread_stop, stream._loop, shutdown, fallback, thread)
+            await asyncio.to_thread(_thread_stop, lambda: stream._loop, shutdown, fallback,
+                                    thread)
         for h in self._timers.values():
             h.cancel()
         for ts in sorted(self._pending):

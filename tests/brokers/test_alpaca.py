@@ -315,3 +315,19 @@ async def _wait(pred: object, wait_secs: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(0.02)
+
+
+class TestLifecycle:
+    async def test_exit_when_streams_ran_then_no_threads_left(
+        self, emu: EmulatorThread, recorder: Recorder) -> None:
+        import threading
+
+        cfg = make_cfg(emu)
+        async with AlpacaBroker(cfg, clock=WallClock(), sink=recorder), AlpacaBarFeed(
+                cfg, symbols=["AAPL"], on_batch=lambda b: None):
+            names = {t.name for t in threading.enumerate()}
+            assert {"alpaca.trade_stream", "alpaca.data_stream"} <= names
+        t0 = time.monotonic()
+        left = [t.name for t in threading.enumerate() if t.name.startswith("alpaca.")]
+        assert left == [] and time.monotonic() - t0 < 1
+        assert recorder.statuses()[-1] == "disconnected"
