@@ -345,7 +345,7 @@ def install_uvloop() -> Callable[..., Any]:
     try:
         import uvloop
 
-        return uvloop.run  # type: ignore[no-any-return]
+        return uvloop.run
     except ImportError:
         return asyncio.run
 
