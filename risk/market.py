@@ -104,7 +104,12 @@ class MarketHours:
 
     def _calendar(self) -> Any:
         if self._cal is None:
+            import warnings
+
             import exchange_calendars
 
-            self._cal = exchange_calendars.get_calendar(self._calendar_name)
+            with warnings.catch_warnings():
+                # pandas deprecation noise from inside exchange_calendars, not ours.
+                warnings.simplefilter("ignore")
+                self._cal = exchange_calendars.get_calendar(self._calendar_name)
         return self._cal
