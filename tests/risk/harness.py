@@ -148,6 +148,7 @@ class Harness:
                          send=self.bus.send, market=market or AlwaysOpen(), modes=self.modes)
         self.bus.register(SubmitOrder, self.sink.execute)
         self.bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        self.bus.subscribe(BarBatch, self.portfolio.on_bars)
         wire_risk(self.bus, gate=self.gate, state=self.state)
         self.bars(PRICES)
         self._n = itertools.count(1)
