@@ -69,8 +69,9 @@ class TestKillSwitch:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         ks.path.touch()
-        while h.state.state is not TradingState.HALTED and loop.time() - t0 < 2:
-            await asyncio.sleep(0.01)
+        halted = asyncio.Event()
+        h.bus.subscribe(TradingStateChanged, lambda e: halted.set())
+        await asyncio.wait_for(halted.wait(), 2)
         elapsed = loop.time() - t0
         task.cancel()
         assert h.state.state is TradingState.HALTED and h.state.kill_sources == {"file"}
