@@ -43,7 +43,8 @@ step = st.one_of(
     st.tuples(st.just("batch"), st.lists(st.tuples(sym, st.floats(0.1, 1.0)), max_size=6)),
     st.tuples(st.just("raw"), sym, st.just(OrderSide.BUY), st.integers(1, 400), st.just(False)),
     st.tuples(st.just("fill"), st.integers(0, 5)),
-    st.tuples(st.just("signal"), sym, st.one_of(st.floats(-1.2, 1.2), st.sampled_from([math.nan, math.inf])),
+    st.tuples(st.just("signal"), sym,
+              st.one_of(st.floats(-1.2, 1.2), st.sampled_from([math.nan, math.inf])),
               st.floats(0.99, 1.01), st.sampled_from([0, 5, 119, 121, 300])),
     st.tuples(st.just("batch"), st.lists(st.tuples(sym, st.floats(0.1, 1.0)), max_size=6)),
     st.tuples(st.just("raw"), sym, st.sampled_from([OrderSide.BUY, OrderSide.SELL]),
@@ -158,7 +159,6 @@ def run(cfg: RiskConfig, steps: list[tuple[Any, ...]]) -> None:
     m = Model()
     sizer = Sizer(cfg, equity=h.portfolio.equity,
                   holding=lambda s: h.portfolio.qty(s) + h.orders.working_qty(s), send=h.bus.send)
-    n = 0
 
     def deliver() -> None:
         # The order sink hands each new order to the broker, which checks it first.
@@ -167,8 +167,7 @@ def run(cfg: RiskConfig, steps: list[tuple[Any, ...]]) -> None:
             h.broker.received.append(i)
             h.broker.open[i.client_order_id] = i
 
-    for s in steps:
-        n += 1
+    for n, s in enumerate(steps):
         kind = s[0]
         now = h.clock.now()
         if kind in ("signal", "batch"):
