@@ -1,0 +1,28 @@
+"""Build the configured broker. Alpaca's SDK is imported only when Alpaca is chosen."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from brokers.base import Broker, EventSink
+from brokers.config import BrokerConfig
+from daemon.clock import Clock
+
+
+def create_broker(
+    cfg: BrokerConfig,
+    *,
+    clock: Clock,
+    sink: EventSink,
+    state_dir: Path,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Broker:
+    if cfg.kind == "alpaca":
+        from brokers.alpaca import AlpacaBroker
+
+        return AlpacaBroker(cfg.alpaca, clock=clock, sink=sink, loop=loop)
+    from brokers.paper import PaperBroker
+
+    return PaperBroker(cfg=cfg.paper, clock=clock, sink=sink,
+                       store_path=state_dir / "paper_account.sqlite")

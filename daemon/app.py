@@ -1,0 +1,353 @@
+"""The daemon: builds every component from the settings, wires them on one bus, and runs
+the session until the replay ends, a stop signal arrives, or a component fails.
+
+Flow: bar batch -> (paper broker matching) -> portfolio marks -> signal sources ->
+``SignalBatch`` -> sizing -> ``PlaceOrder`` -> gate -> ``SubmitOrder`` -> order manager ->
+broker -> reports -> order manager -> ``OrderFilled`` -> portfolio.
+
+Tasks owned (all named): ``feed.replay`` (or the live feed), ``bus.pump`` (drains the
+inbox of broker/MQTT/live-bar messages), ``orders.submit``, ``timers`` (live),
+``sdnotify.watchdog``. Any task failing, or any handler raising, stops the daemon in
+order: stop taking signals, let in-flight orders reach the broker within
+``shutdown_grace_secs``, log the session summary, exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from brokers.base import Broker
+from brokers.factory import create_broker
+from config.settings import Settings
+from daemon.bus import Bus
+from daemon.clock import Clock, ReplayClock, Timers, WallClock
+from daemon.control import ControlServer
+from daemon.errors import HandlerFailed
+from daemon.events import (
+    BarBatch,
+    BrokerStatusChanged,
+    CancelAllOrders,
+    CancelOrder,
+    Event,
+    Message,
+    OrderEvent,
+    OrderFilled,
+    PlaceOrder,
+    ReconcileTick,
+    RiskTick,
+    SignalBatch,
+    SubmitOrder,
+)
+from daemon.execution import OrderManager
+from daemon.feed import BarTape, Pacer
+from daemon.inbox import Inbox
+from daemon.sdnotify import Notifier
+from daemon.stats import SessionStats
+from portfolio import Portfolio
+from risk.sizing import Sizer
+from signals.demo import MomentumRule
+
+log = structlog.get_logger("daemon.app")
+
+STATUS_FILE = "status.json"
+
+
+class Daemon:
+    """One trading session. ``await Daemon(settings).run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: Broker | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.environ = dict(os.environ if environ is None else environ)
+        self.state_dir = settings.daemon.state_dir
+        self.replaying = settings.feed.source == "replay"
+        self.clock: Clock = ReplayClock() if self.replaying else WallClock()
+        self.bus = Bus(on_failure=self._on_bus_failure)
+        self.inbox = Inbox(settings.feed.queue_size)
+        self.stats = SessionStats()
+        self.notifier = Notifier(self.environ)
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._fatal: BaseException | None = None
+        self.broker = broker or create_broker(settings.broker, clock=self.clock,
+                                              sink=self._on_broker_event,
+                                              state_dir=self.state_dir)
+        self.portfolio = Portfolio(settings.broker.paper.initial_cash, publish=self.bus.publish)
+        self.orders = OrderManager(self.broker, clock=self.clock, publish=self.bus.publish,
+                                   submit_timeout=settings.daemon.execution_timeout_secs)
+        self.sizer = Sizer(settings.risk, equity=self.portfolio.equity,
+                           holding=self._holding, send=self.bus.send)
+        self.timers = Timers(self.clock, self.bus.publish)
+        self.control = ControlServer(self.state_dir)
+        self.trading_state = "ACTIVE"
+        self._status_written = 0.0
+        # Observers awaited after each replayed batch, once its orders reached the broker
+        # (invariant checks in tests, benchmarks, periodic marks).
+        self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
+        self._wire()
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def _holding(self, symbol: str) -> int:
+        return self.portfolio.qty(symbol) + self.orders.working_qty(symbol)
+
+    def _wire(self) -> None:
+        bus, cfg = self.bus, self.settings
+        on_bars = getattr(self.broker, "on_bars", None)
+        if on_bars is not None:  # the paper broker matches orders against each bar first
+            bus.subscribe(BarBatch, on_bars)
+        bus.subscribe(BarBatch, self.portfolio.on_bars)
+        bus.subscribe(BarBatch, self._count_batch)
+        if cfg.signals.demo.enabled and not cfg.signals.model.enabled:
+            bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
+        bus.subscribe(SignalBatch, self.sizer.on_signals)
+        bus.register(PlaceOrder, self._gate)
+        bus.register(SubmitOrder, self.orders.execute_submit)
+        bus.register(CancelOrder, self.orders.execute_cancel)
+        bus.register(CancelAllOrders, self.orders.execute_cancel_all)
+        bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        bus.subscribe(RiskTick, self._on_risk_tick)
+        self.stats.attach(bus)
+        self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
+                          lambda ts: ReconcileTick(ts=ts))
+        self.timers.every("risk", cfg.daemon.risk_interval_secs, lambda ts: RiskTick(ts=ts))
+        self.control.register("status", self._ctl_status)
+
+    def _gate(self, cmd: PlaceOrder) -> None:
+        self.bus.send(SubmitOrder(cmd.intent))
+
+    def _count_batch(self, batch: BarBatch) -> None:
+        self.stats.bar_batches += 1
+        self.stats.bar_rows += len(batch.symbols)
+
+    def _on_broker_event(self, event: Event) -> None:
+        """Broker reports arrive here on the loop thread; the order manager owns them."""
+        self.orders.on_report(event)
+
+    def _on_bus_failure(self, failure: HandlerFailed) -> None:
+        self._fatal = failure
+        self.request_stop(f"handler failed: {failure}")
+
+    def _on_risk_tick(self, tick: RiskTick) -> None:
+        # Status is for operators: at most once a wall second, however fast the replay.
+        now = time.monotonic()
+        if now - self._status_written >= 1.0:
+            self._status_written = now
+            self.write_status()
+
+    # -- run -----------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            log.info("daemon.stopping", reason=reason)
+            self._stop.set()
+
+    async def run(self) -> int:
+        self._announce()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            async with self.broker, self.orders, self.control:
+                await self._start_books()
+                tasks = self._start_tasks()
+                self.notifier.ready(f"trading {self.settings.broker.kind}")
+                log.info("daemon.ready", broker=self.broker.name, state_dir=str(self.state_dir))
+                await self._stop.wait()
+                await self._shutdown(tasks)
+        finally:
+            self.notifier.stopping()
+            self.notifier.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        return 1 if self._fatal is not None else 0
+
+    def _announce(self) -> None:
+        d = self.settings.daemon
+        if d.mode == "live":
+            log.warning("daemon.LIVE_TRADING", mode="live", broker=self.settings.broker.kind,
+                        message="LIVE TRADING WITH REAL MONEY IS ENABLED")
+        log.info("daemon.start", mode=d.mode, broker=self.settings.broker.kind,
+                 execution_mode=d.execution_mode, feed=self.settings.feed.source,
+                 replay=str(self.settings.feed.replay or "demo"), speed=self.settings.feed.speed,
+                 state_dir=str(d.state_dir), pid=os.getpid())
+
+    async def _start_books(self) -> None:
+        """The broker is the source of truth for cash and positions at start."""
+        account = await self.broker.account()
+        self.portfolio.restore(account.cash, await self.broker.positions())
+        log.info("portfolio.restored", cash=str(account.cash), equity=str(account.equity),
+                 positions=len(self.portfolio.positions))
+
+    def _start_tasks(self) -> list[asyncio.Task[None]]:
+        tasks = [
+            self._task(self._pump(), "bus.pump"),
+            self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
+        ]
+        if self.replaying:
+            tasks.append(self._task(self._replay(), "feed.replay"))
+        else:
+            tasks.append(self._task(self._tick_timers(), "timers"))
+        return tasks
+
+    def _task(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._on_task_done)
+        return task
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("daemon.task_failed", task=task.get_name(), error=repr(exc), exc_info=exc)
+            self._fatal = exc
+            self.request_stop(f"task {task.get_name()} failed")
+
+    async def _pump(self) -> None:
+        while True:
+            self.route(await self.inbox.get())
+
+    def route(self, msg: Message) -> None:
+        if isinstance(msg, OrderEvent | BrokerStatusChanged):
+            self.orders.on_report(msg)
+        elif isinstance(msg, BarBatch):
+            self.on_bar_batch(msg)
+        elif isinstance(msg, Event):
+            self.bus.publish(msg)
+
+    def on_bar_batch(self, batch: BarBatch) -> None:
+        self.bus.publish(batch)
+        self.timers.check()
+
+    async def _replay(self) -> None:
+        tape = self._tape()
+        pacer = Pacer(self.settings.feed.speed)
+        assert isinstance(self.clock, ReplayClock)
+        interval = tape.interval
+        log.info("feed.replay_start", batches=len(tape), rows=tape.rows,
+                 symbols=len(tape.symbols))
+        for batch in tape.batches():
+            if self._stop.is_set():
+                return
+            await pacer.wait_for(batch.ts)
+            self.clock.set(batch.ts + interval)
+            self.on_bar_batch(batch)
+            # Let this batch's orders reach the broker before the next bar exists, and
+            # let the other tasks (pump, control socket, watchdog) run.
+            await self.orders.drained()
+            for observer in self.after_batch:
+                await observer(batch)
+            await asyncio.sleep(0)
+        log.info("feed.replay_done", batches=self.stats.bar_batches)
+        self.request_stop("replay finished")
+
+    def _tape(self) -> BarTape:
+        path = self.settings.feed.replay
+        if path is None:
+            from signals import demodata
+
+            path = self.state_dir / "demo_day.csv"
+            if not path.exists():
+                demodata.write(path, days=1)
+        return BarTape.from_csv(path)
+
+    async def _tick_timers(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.timers.check()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        grace = self.settings.daemon.shutdown_grace_secs
+        for t in tasks:
+            if t.get_name() == "feed.replay":
+                t.cancel()
+        try:
+            await asyncio.wait_for(self.orders.drained(), grace)
+        except TimeoutError:
+            log.warning("daemon.shutdown_timeout", grace_secs=grace)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.write_status()
+        log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
+
+    # -- status --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        p = self.portfolio
+        return {
+            **self.stats.as_dict(),
+            "open_orders": len(self.orders.open_orders()),
+            "cash": str(p.cash),
+            "equity": str(p.equity().quantize(Decimal("0.01"))),
+            "realized_pnl": str(p.realized_pnl().quantize(Decimal("0.01"))),
+            "unrealized_pnl": str(p.unrealized_pnl().quantize(Decimal("0.01"))),
+            "pnl": str((p.equity() - self.settings.broker.paper.initial_cash)
+                       .quantize(Decimal("0.01"))),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "trading_state": self.trading_state,
+            "mode": self.settings.daemon.mode,
+            "broker": self.broker.name,
+            "clock": self.clock.now().isoformat(),
+            **self.portfolio.snapshot(),
+            "open_orders": [
+                {"client_order_id": o.client_order_id, "symbol": o.symbol, "side": str(o.side),
+                 "qty": o.qty, "filled_qty": o.filled_qty, "status": str(o.status)}
+                for o in self.orders.open_orders()
+            ],
+            "counters": {**self.stats.as_dict(), "orders_today": self.orders.orders_today()},
+        }
+
+    async def _ctl_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"running": True, **self.status()}
+
+    def write_status(self) -> None:
+        """Atomically write the last known status, for ``tradingd status`` when stopped."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / (STATUS_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=2, default=str))
+        tmp.replace(self.state_dir / STATUS_FILE)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    path = state_dir / STATUS_FILE
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def install_uvloop() -> Callable[..., Any]:
+    """The loop runner: uvloop when installed, else asyncio."""
+    try:
+        import uvloop
+
+        return uvloop.run  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.run
+
+
+__all__ = ["Daemon", "install_uvloop", "read_status"]

@@ -1,0 +1,163 @@
+"""``tradingd``: the command line.
+
+Exit codes: 0 success, 1 the daemon failed (a component or handler raised), 2 invalid
+configuration or usage, 3 no running daemon to talk to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from daemon.errors import ConfigError
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_NO_DAEMON = 1, 2, 3
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (default: the shipped one)")
+    p.add_argument("--state-dir", type=Path, help="state directory (journal, status)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if getattr(args, "state_dir", None):
+        o.setdefault("daemon", {})["state_dir"] = str(args.state_dir)
+    if getattr(args, "broker", None):
+        o.setdefault("broker", {})["kind"] = args.broker
+    if getattr(args, "replay", None):
+        o.setdefault("feed", {}).update(source="replay", replay=str(args.replay))
+    if getattr(args, "speed", None):
+        o.setdefault("feed", {})["speed"] = args.speed
+    return o
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from config.settings import load_settings
+
+    return load_settings(args.config, _overrides(args))
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value if isinstance(value, bool | int | float | str | None) else str(value)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    resolved = _masked(settings.model_dump())
+    if args.json:
+        print(json.dumps(resolved, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        print("# config OK", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon import logging as dlog
+
+    settings = _settings(args)
+    dlog.configure(settings.daemon.log_level)
+    for secret in (settings.broker.alpaca.key_id, settings.broker.alpaca.secret_key):
+        if secret is not None:
+            dlog.register_secret(secret.get_secret_value())
+    from daemon.app import Daemon, install_uvloop
+
+    runner = install_uvloop()
+
+    async def main() -> int:
+        return await Daemon(settings).run()
+
+    code: int = runner(main())
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.app import read_status
+    from daemon.control import request
+
+    state_dir = args.state_dir or _settings(args).daemon.state_dir
+    try:
+        status = asyncio.run(request(state_dir, "status"))
+        status.pop("ok", None)
+    except ConnectionError:
+        last = read_status(state_dir)
+        if last is None:
+            print(f"no daemon running and no status in {state_dir}", file=sys.stderr)
+            return EXIT_NO_DAEMON
+        status = {"running": False, **last}
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        _print_status(status)
+    return 0
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    print(f"running: {s.get('running')}  state: {s.get('trading_state')}  "
+          f"mode: {s.get('mode')}  broker: {s.get('broker')}  clock: {s.get('clock')}")
+    print(f"cash: {s.get('cash')}  equity: {s.get('equity')}  "
+          f"gross: {s.get('gross_exposure')}  realized: {s.get('realized_pnl')}  "
+          f"unrealized: {s.get('unrealized_pnl')}")
+    positions = s.get("positions") or {}
+    if positions:
+        print(f"{'symbol':<8}{'qty':>8}{'avg_price':>12}{'mkt_value':>12}{'unreal':>10}")
+        for sym, p in positions.items():
+            print(f"{sym:<8}{p['qty']:>8}{p['avg_price']:>12}{p['market_value']:>12}"
+                  f"{p['unrealized_pnl']:>10}")
+    print(f"open orders: {len(s.get('open_orders') or [])}")
+    print("counters: " + json.dumps(s.get("counters", {})))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradingd", description="Event-driven trading daemon "
+                                     "(paper trading by default).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a trading session")
+    _add_config_args(p)
+    p.add_argument("--broker", choices=["paper", "alpaca"])
+    p.add_argument("--replay", type=Path, help="replay bars from this CSV")
+    p.add_argument("--speed", help="'max' or a multiple of real time (e.g. 60)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="show positions, cash, state and counters")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check-config", help="validate and print the resolved config")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"tradingd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Structured logging: JSON lines when stdout is not a terminal (journald), readable
+console output on a terminal. Every decision is an event with a stable name.
+
+Secrets registered with ``register_secret`` are scrubbed from every string value of
+every event (and from rendered exceptions) before rendering, as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_SECRETS: set[str] = set()
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def register_secret(value: str | None) -> None:
+    """Never let ``value`` appear in a log line (values shorter than 6 chars are ignored)."""
+    if value and len(value) >= 6:
+        _SECRETS.add(value)
+
+
+def scrub(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _scrub_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if _SECRETS:
+        for key, value in event_dict.items():
+            if isinstance(value, str):
+                event_dict[key] = scrub(value)
+            elif isinstance(value, BaseException):
+                event_dict[key] = scrub(repr(value))
+    return event_dict
+
+
+def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
+    """Configure structlog (and route stdlib logging of libraries through it)."""
+    out = stream or sys.stdout
+    as_json = (not out.isatty()) if json is None else json
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _scrub_processor,
+    ]
+    renderer: Any = (structlog.processors.JSONRenderer(default=str) if as_json
+                     else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries (alpaca, websockets, aiomqtt) log through stdlib logging: send their
+    # warnings through the same renderer and scrubber.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=renderer, foreign_pre_chain=shared[1:]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
