@@ -209,3 +209,44 @@ class TestRebalance:
             h.bus.send(c)
         (i,) = h.sink.submitted
         assert i.qty == 33  # 5% of equity at $150, not 20%
+
+
+class TestKillSwitchDay:
+    def test_replay_when_env_kill_switch_then_zero_orders_all_day(self, tmp_path: Path) -> None:
+        # Component-level stand-in for the app replay: a day of signals through sizing
+        # and the gate with KILL_SWITCH=1 sends nothing.
+        from daemon.events import SignalBatch
+        from daemon.model import Signal
+        from risk.sizing import Sizer
+
+        h = Harness()
+        assert _ks(h, tmp_path, {"KILL_SWITCH": "1"}).check_env()
+        sizer = Sizer(h.cfg, equity=h.portfolio.equity,
+                      holding=lambda s: h.portfolio.qty(s) + h.orders.working_qty(s),
+                      send=h.bus.send)
+        for minute in range(390):
+            h.clock.advance(60)
+            sigs = tuple(Signal(f"d{minute}.{s}", s, 0.5, p, h.clock.now(), "day")
+                         for s, p in (("AAPL", 150.0), ("MSFT", 300.0)))
+            sizer.on_signals(SignalBatch(ts=h.clock.now(), source="day", signals=sigs))
+        assert h.sink.submitted == []
+        assert h.gate.denied == {"KILL_SWITCH": 780}
+
+
+class TestControls:
+    async def test_commands_when_called_then_state_follows(self, tmp_path: Path) -> None:
+        from risk.controls import register_controls
+        from risk.emergency import LiquidationResult
+
+        h = Harness()
+        handlers: dict[str, object] = {}
+
+        async def liq(why: str) -> LiquidationResult:
+            return LiquidationResult(flat=True, rounds=0, orders=0)
+
+        register_controls(handlers.__setitem__, state=h.state, killswitch=_ks(h, tmp_path),
+                          modes=h.modes, gate=h.gate, send=h.bus.send, liquidate=liq)
+        assert (await handlers["halt"]({}))["state"] == "HALTED"  # type: ignore[operator]
+        assert (await handlers["resume"]({}))["resumed"] is True  # type: ignore[operator]
+        assert (await handlers["mode"]({"mode": "manual"}))["mode"] == "MANUAL"  # type: ignore[operator]
+        assert (await handlers["liquidate"]({}))["liquidation"]["flat"]  # type: ignore[operator]
