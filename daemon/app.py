@@ -43,7 +43,6 @@ from daemon.events import (
     Message,
     OrderEvent,
     OrderFilled,
-    PlaceOrder,
     ReconcileTick,
     RiskTick,
     SignalBatch,
@@ -55,7 +54,17 @@ from daemon.inbox import Inbox
 from daemon.sdnotify import Notifier
 from daemon.stats import SessionStats
 from portfolio import Portfolio
+from risk.controls import register_controls
+from risk.emergency import LiquidationResult, liquidate
+from risk.gate import Gate
+from risk.killswitch import KillSwitch
+from risk.market import MarketHours
+from risk.marks import EquityMarks
+from risk.modes import ExecutionModes
+from risk.monitor import RiskMonitor
 from risk.sizing import Sizer
+from risk.state import TradingStatus
+from risk.wiring import wire_risk
 from signals.demo import MomentumRule
 
 log = structlog.get_logger("daemon.app")
@@ -95,14 +104,43 @@ class Daemon:
                            holding=self._holding, send=self.bus.send)
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
-        self.trading_state = "ACTIVE"
+        self._build_risk()
         self._status_written = 0.0
+        self._side_tasks: set[asyncio.Task[None]] = set()
         # Observers awaited after each replayed batch, once its orders reached the broker
         # (invariant checks in tests, benchmarks, periodic marks).
         self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
         self._wire()
 
     # -- wiring ------------------------------------------------------------------------
+
+    def _build_risk(self) -> None:
+        s, bus = self.settings, self.bus
+        self.risk_state = TradingStatus(clock=self.clock, publish=bus.publish)
+        self.killswitch = KillSwitch(state=self.risk_state, path=s.daemon.kill_switch_path,
+                                     environ=self.environ)
+        self.market = MarketHours()
+        self.marks = EquityMarks()
+        self.modes = ExecutionModes(
+            s.daemon.execution_mode, clock=self.clock, approval_notional=s.risk.approval_notional,
+            send=bus.send,
+            on_emergency=lambda why: self._spawn(self.liquidate(why), "risk.liquidate"))
+        self.gate = Gate(s.risk, clock=self.clock, portfolio=self.portfolio, orders=self.orders,
+                         state=self.risk_state, publish=bus.publish, send=bus.send,
+                         market=self.market, modes=self.modes, marks=self.marks)
+        self.monitor = RiskMonitor(s.risk, clock=self.clock, portfolio=self.portfolio,
+                                   orders=self.orders, state=self.risk_state, marks=self.marks,
+                                   publish=bus.publish, send=bus.send)
+
+    async def liquidate(self, why: str) -> LiquidationResult:
+        return await liquidate(cfg=self.settings.risk, state=self.risk_state, send=self.bus.send,
+                               orders=self.orders, portfolio=self.portfolio, market=self.market,
+                               clock=self.clock, why=why)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = self._task(coro, name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _holding(self, symbol: str) -> int:
         return self.portfolio.qty(symbol) + self.orders.working_qty(symbol)
@@ -117,7 +155,7 @@ class Daemon:
         if cfg.signals.demo.enabled and not cfg.signals.model.enabled:
             bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
         bus.subscribe(SignalBatch, self.sizer.on_signals)
-        bus.register(PlaceOrder, self._gate)
+        wire_risk(bus, gate=self.gate, state=self.risk_state, monitor=self.monitor)
         bus.register(SubmitOrder, self.orders.execute_submit)
         bus.register(CancelOrder, self.orders.execute_cancel)
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
@@ -128,9 +166,9 @@ class Daemon:
                           lambda ts: ReconcileTick(ts=ts))
         self.timers.every("risk", cfg.daemon.risk_interval_secs, lambda ts: RiskTick(ts=ts))
         self.control.register("status", self._ctl_status)
-
-    def _gate(self, cmd: PlaceOrder) -> None:
-        self.bus.send(SubmitOrder(cmd.intent))
+        register_controls(self.control.register, state=self.risk_state,
+                          killswitch=self.killswitch, modes=self.modes, gate=self.gate,
+                          send=bus.send, liquidate=self.liquidate)
 
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
@@ -165,6 +203,10 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
+        # KILL_SWITCH in the environment halts before anything connects.
+        self.killswitch.check_env()
+        self.market.warm()
+        self.killswitch.install_signal_handler(loop)
         try:
             async with self.broker, self.orders, self.control:
                 await self._start_books()
@@ -195,13 +237,18 @@ class Daemon:
         """The broker is the source of truth for cash and positions at start."""
         account = await self.broker.account()
         self.portfolio.restore(account.cash, await self.broker.positions())
+        self.gate.invalidate()
         log.info("portfolio.restored", cash=str(account.cash), equity=str(account.equity),
                  positions=len(self.portfolio.positions))
+        # Books confirmed with the broker: the gate stops denying RECONCILING.
+        self.bus.publish(BrokerStatusChanged(broker=self.broker.name, status="ready",
+                                             ts=self.clock.now(), detail="start-up books"))
 
     def _start_tasks(self) -> list[asyncio.Task[None]]:
         tasks = [
             self._task(self._pump(), "bus.pump"),
             self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
+            self._task(self.killswitch.watch(), "risk.kill_switch"),
         ]
         if self.replaying:
             tasks.append(self._task(self._replay(), "feed.replay"))
@@ -285,9 +332,9 @@ class Daemon:
             await asyncio.wait_for(self.orders.drained(), grace)
         except TimeoutError:
             log.warning("daemon.shutdown_timeout", grace_secs=grace)
-        for t in tasks:
+        for t in [*tasks, *self._side_tasks]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
         self.write_status()
         log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
 
@@ -308,7 +355,9 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return {
-            "trading_state": self.trading_state,
+            "trading_state": self.risk_state.snapshot()["state"],
+            "risk": self.risk_state.snapshot(),
+            "execution_mode": str(self.modes.mode),
             "mode": self.settings.daemon.mode,
             "broker": self.broker.name,
             "clock": self.clock.now().isoformat(),
