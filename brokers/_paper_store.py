@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from brokers.base import BrokerOrder
 from daemon.model import Fill, OrderSide, OrderType, Position, TimeInForce
 from daemon.orders import OrderStatus
 
@@ -105,6 +106,17 @@ class PaperOrder:
     @property
     def leaves_qty(self) -> int:
         return self.qty - self.filled_qty
+
+    def view(self) -> BrokerOrder:
+        """The order as ``Broker.get_order`` reports it."""
+        return BrokerOrder(
+            client_order_id=self.client_order_id, broker_order_id=self.broker_order_id,
+            symbol=self.symbol, side=self.side, qty=self.qty, order_type=self.order_type,
+            time_in_force=self.time_in_force, status=self.status, filled_qty=self.filled_qty,
+            filled_avg_price=self.filled_notional / self.filled_qty if self.filled_qty else None,
+            submitted_at=self.submitted_at, limit_price=self.limit_price,
+            stop_price=self.stop_price,
+        )
 
 
 @dataclass(slots=True)

@@ -53,15 +53,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import UTC, datetime, time, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn, Self
-from zoneinfo import ZoneInfo
 
 import structlog
 
+from brokers._paper_rules import (
+    book_fill,
+    execution_price,
+    next_new_york_midnight,
+    reserve_price,
+)
 from brokers._paper_store import PaperOrder, PaperStore
 from brokers.base import BrokerFill, BrokerOrder, EventSink
 from brokers.config import PaperConfig
@@ -78,7 +83,6 @@ from daemon.events import (
     OrderReplaced,
 )
 from daemon.model import (
-    PRICE_TICK,
     AccountSnapshot,
     BrokerPosition,
     Fill,
@@ -93,22 +97,11 @@ from daemon.orders import OPEN, TERMINAL, OrderStatus
 
 log = structlog.get_logger("brokers.paper")
 
-NEW_YORK = ZoneInfo("America/New_York")
 ZERO = Decimal(0)
 _BPS = Decimal(10_000)
 _NEEDS_LIMIT = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
 _NEEDS_STOP = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
 _FIRST_BAR_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})
-
-
-def _tick(px: Decimal) -> Decimal:
-    return px.quantize(PRICE_TICK, rounding=ROUND_HALF_EVEN)
-
-
-def _next_new_york_midnight(ts: datetime) -> datetime:
-    """The first instant of the New York date after ``ts`` (a day order's expiry), UTC."""
-    day = ts.astimezone(NEW_YORK).date() + timedelta(days=1)
-    return datetime.combine(day, time(0), tzinfo=NEW_YORK).astimezone(UTC)
 
 
 class PaperBroker:
@@ -221,10 +214,10 @@ class PaperBroker:
             time_in_force=intent.time_in_force, limit_price=intent.limit_price,
             stop_price=intent.stop_price, reference_price=intent.reference_price,
             reserve_px=ZERO, submitted_at=now,
-            expire_at=(_next_new_york_midnight(now)
+            expire_at=(next_new_york_midnight(now)
                        if intent.time_in_force is TimeInForce.DAY else None),
         )
-        po.reserve_px = self._reserve_price(po)
+        po.reserve_px = reserve_price(po, self._slip)
         self._check_buying_power(po, credit=ZERO)
         self._order_seq = po.seq
         self._orders[cid] = po
@@ -289,7 +282,7 @@ class PaperBroker:
             reference_price=old.reference_price, reserve_px=ZERO, submitted_at=now,
             triggered=old.triggered and stop == old.stop_price, expire_at=old.expire_at,
         )
-        new.reserve_px = self._reserve_price(new)
+        new.reserve_px = reserve_price(new, self._slip)
         self._check_buying_power(new, credit=old.reserve)
         self._finish(old, OrderStatus.REPLACED, OrderReplaced(
             client_order_id, now, new_client_order_id=new_client_order_id))
@@ -351,7 +344,10 @@ class PaperBroker:
     def _match_order(
         self, po: PaperOrder, bar: tuple[Decimal, Decimal, Decimal], cap: int | None
     ) -> int | None:
-        px = self._execution_price(po, *bar)
+        px, triggered = execution_price(po, *bar, self._slip)
+        if triggered:
+            po.triggered = True
+            self._dirty_orders[po.client_order_id] = po
         want = po.leaves_qty
         n = 0 if px is None else want if cap is None else min(want, max(cap, 0))
         if po.time_in_force is TimeInForce.FOK and n < want:
@@ -365,33 +361,6 @@ class PaperBroker:
             self._finish(po, OrderStatus.CANCELED,
                          OrderCanceled(po.client_order_id, self._clock.now(), reason=reason))
         return cap
-
-    def _execution_price(
-        self, po: PaperOrder, o: Decimal, h: Decimal, lo: Decimal
-    ) -> Decimal | None:
-        """This bar's fill price for ``po``, or None when it does not execute."""
-        buy = po.side is OrderSide.BUY
-        kind = po.order_type
-        if kind is OrderType.MARKET:
-            return _tick(o * (1 + self._slip) if buy else o * (1 - self._slip))
-        if kind is OrderType.LIMIT or (kind is OrderType.STOP_LIMIT and po.triggered):
-            return _limit_fill(buy, o, h, lo, po.limit_price)
-        if po.triggered:  # a stop that triggered earlier is a market order now
-            return _tick(o)
-        stop = po.stop_price
-        assert stop is not None
-        if (h < stop) if buy else (lo > stop):
-            return None
-        po.triggered = True
-        self._dirty_orders[po.client_order_id] = po
-        trigger = max(o, stop) if buy else min(o, stop)
-        if kind is OrderType.STOP:
-            return _tick(trigger)
-        limit = po.limit_price
-        assert limit is not None
-        if buy:
-            return _tick(min(trigger, limit)) if lo <= limit else None
-        return _tick(max(trigger, limit)) if h >= limit else None
 
     def _fill(self, po: PaperOrder, qty: int, price: Decimal) -> None:
         self._flush_ack(po)
@@ -420,25 +389,11 @@ class PaperBroker:
                   filled=po.filled_qty, of=po.qty)
 
     def _book(self, fill: Fill) -> None:
-        """Cash and average cost, with the same arithmetic as ``Portfolio.apply_fill``."""
         pos = self._positions.get(fill.symbol)
         if pos is None:
             pos = self._positions[fill.symbol] = Position(fill.symbol)
-        signed = fill.signed_qty
-        self._cash -= fill.price * signed + fill.commission
-        if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
-            new_qty = pos.qty + signed
-            pos.avg_price = (pos.avg_price * abs(pos.qty) + fill.price * abs(signed)) / abs(new_qty)
-            pos.qty = new_qty
-        else:
-            closing = min(abs(signed), abs(pos.qty))
-            direction = 1 if pos.qty > 0 else -1
-            pos.realized_pnl += (fill.price - pos.avg_price) * closing * direction
-            pos.qty += signed
-            if pos.qty == 0:
-                pos.avg_price = ZERO
-            elif (pos.qty > 0) != (direction > 0):
-                pos.avg_price = fill.price  # flipped: the rest opened at this price
+        self._cash -= fill.price * fill.signed_qty + fill.commission
+        book_fill(pos, fill)
         if pos.qty:
             self._held.add(fill.symbol)
         else:
@@ -533,17 +488,6 @@ class PaperBroker:
     def _commission(self, qty: int) -> Decimal:
         return max(self._cps * qty, self._min_commission) if self._cps > 0 else ZERO
 
-    def _reserve_price(self, po: PaperOrder) -> Decimal:
-        if po.side is OrderSide.SELL:
-            return ZERO
-        if po.order_type in _NEEDS_LIMIT:
-            assert po.limit_price is not None
-            return po.limit_price
-        if po.order_type is OrderType.STOP:
-            assert po.stop_price is not None
-            return max(po.reference_price, po.stop_price)
-        return po.reference_price * (1 + self._slip)
-
     def _reservation(self, po: PaperOrder) -> Decimal:
         leaves = po.leaves_qty
         if po.side is OrderSide.SELL or po.status in TERMINAL or leaves <= 0:
@@ -600,11 +544,11 @@ class PaperBroker:
     async def get_order(self, client_order_id: str) -> BrokerOrder | None:
         """The order in any status; None if this account never had it."""
         po = self._orders.get(client_order_id)
-        return None if po is None else _view(po)
+        return None if po is None else po.view()
 
     async def open_orders(self) -> list[BrokerOrder]:
         """Working orders, oldest first."""
-        return [_view(po) for po in sorted(self._iter_working(), key=lambda o: o.seq)]
+        return [po.view() for po in sorted(self._iter_working(), key=lambda o: o.seq)]
 
     async def fills_since(self, since: datetime) -> list[BrokerFill]:
         """Fills with ``ts >= since`` (inclusive: reconciliation de-duplicates by id)."""
@@ -643,21 +587,3 @@ class PaperBroker:
             return pos.realized_pnl if pos else ZERO
         return sum((p.realized_pnl for p in self._positions.values()), ZERO)
 
-
-def _limit_fill(
-    buy: bool, o: Decimal, h: Decimal, lo: Decimal, limit: Decimal | None
-) -> Decimal | None:
-    assert limit is not None
-    if buy:
-        return _tick(min(o, limit)) if lo <= limit else None
-    return _tick(max(o, limit)) if h >= limit else None
-
-
-def _view(po: PaperOrder) -> BrokerOrder:
-    return BrokerOrder(
-        client_order_id=po.client_order_id, broker_order_id=po.broker_order_id,
-        symbol=po.symbol, side=po.side, qty=po.qty, order_type=po.order_type,
-        time_in_force=po.time_in_force, status=po.status, filled_qty=po.filled_qty,
-        filled_avg_price=po.filled_notional / po.filled_qty if po.filled_qty else None,
-        submitted_at=po.submitted_at, limit_price=po.limit_price, stop_price=po.stop_price,
-    )
