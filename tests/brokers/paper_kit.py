@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,9 @@ class Recorder:
     def __call__(self, event: Event) -> None:
         self.events.append(event)
 
-    def of(self, kind: type[Event], cid: str | None = None) -> list[Event]:
+    def of(self, kind: type[OrderEvent], cid: str | None = None) -> list[OrderEvent]:
         return [e for e in self.events if isinstance(e, kind)
-                and (cid is None or getattr(e, "client_order_id", None) == cid)]
+                and (cid is None or e.client_order_id == cid)]
 
     def fills(self, cid: str | None = None) -> list[OrderFilled]:
         return [e for e in self.events if isinstance(e, OrderFilled)
@@ -81,10 +82,10 @@ def flat(px: float, volume: float = 1_000_000) -> tuple[float, float, float, flo
 class Harness:
     """A real PaperBroker with a ReplayClock and a recording sink."""
 
-    def __init__(self, store_path: Path | None = None, **cfg: object) -> None:
+    def __init__(self, store_path: Path | None = None, /, **cfg: Any) -> None:
         self.clock = ReplayClock(OPEN_TS)
         self.sink = Recorder()
-        self.cfg = PaperConfig(**cfg)  # type: ignore[arg-type]
+        self.cfg = PaperConfig(**cfg)
         self.store_path = store_path
         self.broker = PaperBroker(cfg=self.cfg, clock=self.clock, sink=self.sink,
                                   store_path=store_path)
@@ -108,12 +109,11 @@ class Harness:
         self.broker.on_bars(batch(ts, **bars))
 
     def note_replacement(self, old: str, new: str, total: int | None = None,
-                         filled: int = 0, **changes: object) -> None:
+                         filled: int = 0, **changes: Any) -> None:
         """Register the intent the daemon would create for a replacement order."""
         base = self.intents[old]
         qty = (total if total is not None else base.qty) - filled
-        self.intents[new] = dataclasses.replace(base, client_order_id=new, qty=qty,
-                                                **changes)  # type: ignore[arg-type]
+        self.intents[new] = dataclasses.replace(base, client_order_id=new, qty=qty, **changes)
 
     def orders(self) -> dict[str, Order]:
         return apply_all(self.intents, self.sink.events)

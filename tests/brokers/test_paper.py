@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
+import structlog.testing
 
 from brokers.base import Broker
 from daemon.errors import BrokerRejected
@@ -19,7 +21,7 @@ from daemon.events import (
 from daemon.model import Fill
 from daemon.orders import OrderStatus
 from portfolio.book import Portfolio
-from tests.brokers.paper_kit import D, Harness, flat, intent
+from tests.brokers.paper_kit import MINUTE, D, Harness, batch, flat, intent
 
 
 class TestSubmit:
@@ -529,3 +531,28 @@ class TestAccount:
         h.bar(AAA=flat(10))
         fill = h.sink.fills()[0].fill
         assert isinstance(fill, Fill) and fill.execution_id == "paper-1-1"
+
+
+class TestLoggingAndSpeed:
+    async def test_reject_and_fill_when_they_happen_then_logged_with_stable_names(self) -> None:
+        h = Harness()
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(BrokerRejected):
+                await h.broker.submit(intent("bad", qty=0))
+            await h.submit(intent("a", qty=3))
+            h.bar(AAA=flat(10))
+        by_name = {e["event"]: e for e in logs}
+        assert by_name["paper.reject"]["client_order_id"] == "bad"
+        assert by_name["paper.fill"]["log_level"] == "debug"
+        assert by_name["paper.fill"]["exec_id"] == "paper-1-1"
+
+    async def test_on_bars_when_nothing_working_then_costs_microseconds(self) -> None:
+        # A loose bound (the fast path measures well under 1 µs): it guards against a
+        # per-symbol loop creeping into the idle path, not against a slow machine.
+        h = Harness()
+        symbols = {f"S{i:02d}": flat(100.0) for i in range(53)}
+        batches = [batch(h.now + i * MINUTE, **symbols) for i in range(1, 2001)]
+        start = time.perf_counter()
+        for b in batches:
+            h.broker.on_bars(b)
+        assert (time.perf_counter() - start) / len(batches) < 20e-6
