@@ -33,7 +33,7 @@ Buying power (a cash account, no margin)::
 
     buying_power = cash - market value of short positions - reservations of open buys
 
-A buy is accepted only if its reservation fits: ``qty x price x`` plus its commission,
+A buy is accepted only if its reservation fits: ``qty x price`` plus its commission,
 where price is ``reference_price x (1 + slippage)`` for market, the limit for limit and
 stop_limit, and ``max(reference_price, stop)`` for stop orders. Buys that cover a short
 are checked in full (conservative). Sells are always accepted: the paper account allows
@@ -46,7 +46,9 @@ or ``ack_latency_ms`` later via ``loop.call_later``; a pending acknowledgement i
 before any later event of its order), ``OrderFilled`` (execution id
 ``{broker_order_id}-{n}``), ``OrderCanceled``, ``OrderExpired``, ``OrderReplaced``.
 With a ``store_path`` every state change is committed to SQLite before its events are
-reported, so a restarted session continues the same account.
+reported, so a restarted session continues the same account: cash, positions, orders
+(working ones keep working), fills and id counters. Last closes of held symbols are
+written with each commit and on close, not per bar (a crash may leave older marks).
 """
 
 from __future__ import annotations

@@ -556,3 +556,28 @@ class TestLoggingAndSpeed:
         for b in batches:
             h.broker.on_bars(b)
         assert (time.perf_counter() - start) / len(batches) < 20e-6
+
+
+class TestTriggeredStops:
+    async def test_stop_when_triggered_but_volume_capped_then_rest_fills_at_later_opens(
+        self,
+    ) -> None:
+        h = Harness(max_fill_volume_pct=0.1)
+        await h.submit(intent("s", qty=150, order_type="stop", stop="102"))
+        h.bar(AAA=(100.0, 103.0, 99.0, 102.5, 1000))   # triggers at 102, 100 fill
+        h.bar(AAA=(101.0, 101.5, 100.5, 101.0, 1000))  # below the stop: still a market order
+        assert [(e.fill.qty, e.fill.price) for e in h.sink.fills("s")] == [
+            (100, D(102)), (50, D(101))]
+        assert h.orders()["s"].status is OrderStatus.FILLED
+
+    async def test_replace_when_stop_limit_triggered_and_stop_kept_then_stays_triggered(
+        self,
+    ) -> None:
+        h = Harness()
+        await h.submit(intent("x", order_type="stop_limit", stop="102", limit="102.5"))
+        h.bar(AAA=(104.0, 105.0, 103.0, 104.0, 1e6))   # triggered, above the limit
+        await h.broker.replace("x", "x2", limit_price=D("103.5"))
+        h.note_replacement("x", "x2", limit_price=D("103.5"))
+        h.bar(AAA=(101.0, 101.5, 100.5, 101.0, 1e6))   # below the stop: a limit already
+        assert h.sink.fills("x2")[0].fill.price == D(101)
+        assert h.orders()["x2"].status is OrderStatus.FILLED
