@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def load_settings(
     return settings
 
 
-def _with_env(cls: type[Settings], init: dict[str, Any], env: dict[str, str]) -> Settings:
+def _with_env(cls: type[Settings], init: dict[str, Any], env: Mapping[str, str]) -> Settings:
     saved = dict(os.environ)
     try:
         os.environ.clear()

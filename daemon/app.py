@@ -20,7 +20,8 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,6 @@ from daemon.events import (
     Message,
     OrderEvent,
     OrderFilled,
-    PlaceOrder,
     ReconcileTick,
     RiskTick,
     SignalBatch,
@@ -55,7 +55,17 @@ from daemon.inbox import Inbox
 from daemon.sdnotify import Notifier
 from daemon.stats import SessionStats
 from portfolio import Portfolio
+from risk.controls import register_controls
+from risk.emergency import LiquidationResult, liquidate
+from risk.gate import Gate
+from risk.killswitch import KillSwitch
+from risk.market import MarketHours
+from risk.marks import EquityMarks
+from risk.modes import ExecutionModes
+from risk.monitor import RiskMonitor
 from risk.sizing import Sizer
+from risk.state import TradingStatus
+from risk.wiring import wire_risk
 from signals.demo import MomentumRule
 
 if TYPE_CHECKING:
@@ -98,11 +108,44 @@ class Daemon:
                            holding=self._holding, send=self.bus.send)
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
-        self.trading_state = "ACTIVE"
+        self._build_risk()
+        self._status_written = 0.0
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        # Observers awaited after each replayed batch, once its orders reached the broker
+        # (invariant checks in tests, benchmarks, periodic marks).
+        self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
         self._wire()
         self.mqtt = self._mqtt_bridge()
 
     # -- wiring ------------------------------------------------------------------------
+
+    def _build_risk(self) -> None:
+        s, bus = self.settings, self.bus
+        self.risk_state = TradingStatus(clock=self.clock, publish=bus.publish)
+        self.killswitch = KillSwitch(state=self.risk_state, path=s.daemon.kill_switch_path,
+                                     environ=self.environ)
+        self.market = MarketHours()
+        self.marks = EquityMarks()
+        self.modes = ExecutionModes(
+            s.daemon.execution_mode, clock=self.clock, approval_notional=s.risk.approval_notional,
+            send=bus.send,
+            on_emergency=lambda why: self._spawn(self.liquidate(why), "risk.liquidate"))
+        self.gate = Gate(s.risk, clock=self.clock, portfolio=self.portfolio, orders=self.orders,
+                         state=self.risk_state, publish=bus.publish, send=bus.send,
+                         market=self.market, modes=self.modes, marks=self.marks)
+        self.monitor = RiskMonitor(s.risk, clock=self.clock, portfolio=self.portfolio,
+                                   orders=self.orders, state=self.risk_state, marks=self.marks,
+                                   publish=bus.publish, send=bus.send)
+
+    async def liquidate(self, why: str) -> LiquidationResult:
+        return await liquidate(cfg=self.settings.risk, state=self.risk_state, send=self.bus.send,
+                               orders=self.orders, portfolio=self.portfolio, market=self.market,
+                               clock=self.clock, why=why)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = self._task(coro, name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _holding(self, symbol: str) -> int:
         return self.portfolio.qty(symbol) + self.orders.working_qty(symbol)
@@ -117,7 +160,7 @@ class Daemon:
         if cfg.signals.demo.enabled and not cfg.signals.model.enabled:
             bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
         bus.subscribe(SignalBatch, self.sizer.on_signals)
-        bus.register(PlaceOrder, self._gate)
+        wire_risk(bus, gate=self.gate, state=self.risk_state, monitor=self.monitor)
         bus.register(SubmitOrder, self.orders.execute_submit)
         bus.register(CancelOrder, self.orders.execute_cancel)
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
@@ -128,6 +171,9 @@ class Daemon:
                           lambda ts: ReconcileTick(ts=ts))
         self.timers.every("risk", cfg.daemon.risk_interval_secs, lambda ts: RiskTick(ts=ts))
         self.control.register("status", self._ctl_status)
+        register_controls(self.control.register, state=self.risk_state,
+                          killswitch=self.killswitch, modes=self.modes, gate=self.gate,
+                          send=bus.send, liquidate=self.liquidate)
 
     def _mqtt_bridge(self) -> MqttBridge | None:
         """External signals, events and control over MQTT, when configured."""
@@ -138,17 +184,16 @@ class Daemon:
 
         return MqttBridge(cfg, clock=self.clock, bus=self.bus, inbox=self.inbox,
                           control=self.control.handlers, orders=self.orders.orders,
-                          trading_state=self.trading_state, on_failure=self._on_component_failure)
+                          trading_state=str(self.risk_state.state),
+                          on_failure=self._on_component_failure)
 
     def _on_component_failure(self, exc: BaseException) -> None:
         self._fatal = exc
         self.request_stop(f"component failed: {exc!r}")
 
-    def _gate(self, cmd: PlaceOrder) -> None:
-        self.bus.send(SubmitOrder(cmd.intent))
-
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
+        self.stats.bar_rows += len(batch.symbols)
 
     def _on_broker_event(self, event: Event) -> None:
         """Broker reports arrive here on the loop thread; the order manager owns them."""
@@ -159,7 +204,11 @@ class Daemon:
         self.request_stop(f"handler failed: {failure}")
 
     def _on_risk_tick(self, tick: RiskTick) -> None:
-        self.write_status()
+        # Status is for operators: at most once a wall second, however fast the replay.
+        now = time.monotonic()
+        if now - self._status_written >= 1.0:
+            self._status_written = now
+            self.write_status()
 
     # -- run -----------------------------------------------------------------------------
 
@@ -175,6 +224,10 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
+        # KILL_SWITCH in the environment halts before anything connects.
+        self.killswitch.check_env()
+        self.market.warm()
+        self.killswitch.install_signal_handler(loop)
         try:
             mqtt = self.mqtt or contextlib.nullcontext()
             async with self.broker, self.orders, self.control, mqtt:
@@ -206,13 +259,18 @@ class Daemon:
         """The broker is the source of truth for cash and positions at start."""
         account = await self.broker.account()
         self.portfolio.restore(account.cash, await self.broker.positions())
+        self.gate.invalidate()
         log.info("portfolio.restored", cash=str(account.cash), equity=str(account.equity),
                  positions=len(self.portfolio.positions))
+        # Books confirmed with the broker: the gate stops denying RECONCILING.
+        self.bus.publish(BrokerStatusChanged(broker=self.broker.name, status="ready",
+                                             ts=self.clock.now(), detail="start-up books"))
 
     def _start_tasks(self) -> list[asyncio.Task[None]]:
         tasks = [
             self._task(self._pump(), "bus.pump"),
             self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
+            self._task(self.killswitch.watch(), "risk.kill_switch"),
         ]
         if self.replaying:
             tasks.append(self._task(self._replay(), "feed.replay"))
@@ -263,8 +321,12 @@ class Daemon:
             await pacer.wait_for(batch.ts)
             self.clock.set(batch.ts + interval)
             self.on_bar_batch(batch)
-            # Let this batch's orders reach the broker before the next bar exists.
+            # Let this batch's orders reach the broker before the next bar exists, and
+            # let the other tasks (pump, control socket, watchdog) run.
             await self.orders.drained()
+            for observer in self.after_batch:
+                await observer(batch)
+            await asyncio.sleep(0)
         log.info("feed.replay_done", batches=self.stats.bar_batches)
         self.request_stop("replay finished")
 
@@ -292,9 +354,9 @@ class Daemon:
             await asyncio.wait_for(self.orders.drained(), grace)
         except TimeoutError:
             log.warning("daemon.shutdown_timeout", grace_secs=grace)
-        for t in tasks:
+        for t in [*tasks, *self._side_tasks]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
         self.write_status()
         log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
 
@@ -315,7 +377,9 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return {
-            "trading_state": self.trading_state,
+            "trading_state": self.risk_state.snapshot()["state"],
+            "risk": self.risk_state.snapshot(),
+            "execution_mode": str(self.modes.mode),
             "mode": self.settings.daemon.mode,
             "broker": self.broker.name,
             "clock": self.clock.now().isoformat(),
@@ -352,7 +416,7 @@ def install_uvloop() -> Callable[..., Any]:
     try:
         import uvloop
 
-        return uvloop.run  # type: ignore[no-any-return]
+        return uvloop.run
     except ImportError:
         return asyncio.run
 

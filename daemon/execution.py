@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -85,6 +85,9 @@ class OrderManager:
         # durably here, so a crash after the broker call can still be resolved).
         self._on_intent = on_intent
         self.orders: dict[str, Order] = {}
+        # Open orders by symbol: sizing and the gate ask per symbol on the hot path, and
+        # scanning every order of the session there would grow with the day.
+        self._open: dict[str, dict[str, Order]] = {}
         self.unknown_reports: list[OrderEvent] = []
         self._day = ""
         self._per_symbol_today: Counter[str] = Counter()
@@ -120,7 +123,7 @@ class OrderManager:
             self.stats["duplicate_id"] += 1
             return
         order = Order.from_intent(intent)
-        self.orders[intent.client_order_id] = order
+        self._track(order)
         self._count(intent)
         if len(self._outbox) >= self._outbox_size:
             self.stats["backpressure"] += 1
@@ -184,22 +187,33 @@ class OrderManager:
             self.stats["duplicate_fill"] += 1
             log.info("order.duplicate_fill", client_order_id=order.client_order_id)
             return
+        if not order.is_open:
+            self._open.get(order.symbol, {}).pop(order.client_order_id, None)
         self._log_report(order, event)
         self._publish(event)
 
     def adopt(self, order: Order) -> None:
         """Take over an order rebuilt elsewhere (recovery from the journal)."""
+        self._track(order)
+
+    def _track(self, order: Order) -> None:
         self.orders[order.client_order_id] = order
+        if order.is_open:
+            self._open.setdefault(order.symbol, {})[order.client_order_id] = order
 
     # -- views for sizing and the gate ---------------------------------------------------
 
-    def open_orders(self) -> list[Order]:
-        return [o for o in self.orders.values() if o.is_open]
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        if symbol is not None:
+            return list(self._open.get(symbol, {}).values())
+        return [o for by_symbol in self._open.values() for o in by_symbol.values()]
 
     def working_qty(self, symbol: str) -> int:
         """Signed quantity still to fill in open orders for ``symbol``."""
-        return sum(o.leaves_qty * o.side.sign for o in self.orders.values()
-                   if o.is_open and o.symbol == symbol)
+        open_here = self._open.get(symbol)
+        if not open_here:
+            return 0
+        return sum(o.leaves_qty * o.side.sign for o in open_here.values())
 
     def orders_today(self, symbol: str | None = None) -> int:
         self._roll_day()
@@ -245,10 +259,27 @@ class OrderManager:
             log.info("order.status", client_order_id=order.client_order_id,
                      status=str(order.status), event=type(event).__name__)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _cancel(self, client_order_id: str) -> None:
+        """Ask the broker to cancel; the ``canceled`` report comes back as usual. A refusal
+        means the order is already done at the broker: read it back and adopt that."""
+        try:
+            await asyncio.wait_for(self._broker.cancel(client_order_id), self._timeout)
+        except BrokerRejected as exc:
+            log.info("order.cancel_refused", client_order_id=client_order_id, error=str(exc))
+            await self.resolve(client_order_id)
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.cancel_failed", client_order_id=client_order_id, error=repr(exc))
+
+    async def _cancel_all(self) -> None:
+        try:
+            await asyncio.wait_for(self._broker.cancel_all(), self._timeout)
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.cancel_all_failed", error=repr(exc))
 
     async def _worker(self) -> None:
         while True:

@@ -397,6 +397,7 @@ class MqttBridge:
             self._control_result({"ok": False, "reason": r.reason, "detail": r.detail})
             return
         self.stats.control_accepted += 1
+        cmd.args.setdefault("who", "mqtt")  # the audit trail says where a halt came from
         log.info("control.accepted", cmd=cmd.cmd, args=cmd.args, nonce=cmd.nonce)
         self._spawn(self._run_control(cmd, handler), "mqtt.control")
 

@@ -1,4 +1,4 @@
-"""Test kit for the MQTT tests: producers, a topic collector, a filling fake broker."""
+"""Test kit for the MQTT tests: producers, a topic collector, replay bars."""
 
 from __future__ import annotations
 
@@ -8,17 +8,13 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
 
-from brokers.base import BrokerFill, BrokerOrder
-from daemon.events import BarBatch, Event, OrderFilled, OrderIntent, OrderNew
-from daemon.model import AccountSnapshot, BrokerPosition, Fill, MarketClock, to_price
 from signals.config import MqttConfig
 from tests.signals.mosquitto import Mosquitto
 
@@ -62,6 +58,8 @@ class Collector:
 
     broker: Mosquitto
     topics: tuple[str, ...]
+    username: str | None = None
+    password: str | None = None
     messages: list[tuple[str, Any]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _client: aiomqtt.Client | None = None
@@ -81,7 +79,7 @@ class Collector:
             await self._task
 
     async def _run(self) -> None:
-        async with client(self.broker) as c:
+        async with client(self.broker, username=self.username, password=self.password) as c:
             for t in self.topics:
                 await c.subscribe(t, qos=1)
             self._ready.set()
@@ -120,79 +118,3 @@ def write_bars(path: Path, start: datetime, minutes: int,
         rows += [f"{ts},{s},{p},{p},{p},{p},100000" for s, p in sorted(prices.items())]
     path.write_text("\n".join(rows) + "\n")
     return path
-
-
-class FillingBroker:
-    """A recording fake broker: acknowledges at once, fills market orders at the next
-    bar's open (like the paper broker). ``sink`` is set after the daemon is built."""
-
-    name = "fake"
-
-    def __init__(self, cash: Decimal = Decimal(100_000)) -> None:
-        self.cash = cash
-        self.sink: Callable[[Event], None] | None = None
-        self.submitted: list[OrderIntent] = []
-        self._working: list[OrderIntent] = []
-        self._clock_ts = datetime(2024, 1, 1, tzinfo=UTC)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def _emit(self, event: Event) -> None:
-        assert self.sink is not None, "set FillingBroker.sink to the daemon's route"
-        self.sink(event)
-
-    async def submit(self, intent: OrderIntent) -> None:
-        self.submitted.append(intent)
-        self._working.append(intent)
-        self._emit(OrderNew(client_order_id=intent.client_order_id, ts=intent.ts,
-                            broker_order_id=f"fake-{len(self.submitted)}"))
-
-    def on_bars(self, batch: BarBatch) -> None:
-        index = batch.index()
-        still: list[OrderIntent] = []
-        for intent in self._working:
-            i = index.get(intent.symbol)
-            if i is None:
-                still.append(intent)
-                continue
-            fill = Fill(execution_id=f"{intent.client_order_id}-1",
-                        client_order_id=intent.client_order_id, symbol=intent.symbol,
-                        side=intent.side, qty=intent.qty, price=to_price(float(batch.open[i])),
-                        ts=batch.ts)
-            self._emit(OrderFilled(client_order_id=intent.client_order_id, ts=batch.ts,
-                                   fill=fill))
-        self._working = still
-
-    async def cancel(self, client_order_id: str) -> None:
-        return None
-
-    async def cancel_all(self) -> None:
-        return None
-
-    async def replace(self, client_order_id: str, new_client_order_id: str, *,
-                      qty: int | None = None, limit_price: Decimal | None = None,
-                      stop_price: Decimal | None = None) -> None:
-        return None
-
-    async def get_order(self, client_order_id: str) -> BrokerOrder | None:
-        return None
-
-    async def open_orders(self) -> list[BrokerOrder]:
-        return []
-
-    async def fills_since(self, since: datetime) -> list[BrokerFill]:
-        return []
-
-    async def positions(self) -> list[BrokerPosition]:
-        return []
-
-    async def account(self) -> AccountSnapshot:
-        return AccountSnapshot(ts=self._clock_ts, cash=self.cash, equity=self.cash,
-                               buying_power=self.cash)
-
-    async def clock(self) -> MarketClock | None:
-        return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import random
 import time
@@ -20,7 +19,6 @@ from structlog.testing import capture_logs
 
 from config.settings import Settings, load_settings
 from daemon.app import Daemon
-from daemon.events import OrderDenied, PlaceOrder, SubmitOrder, TradingStateChanged
 from signals.mqtt_control import sign_control
 from tests.signals.conftest import (
     DAEMON_PASSWORD,
@@ -32,7 +30,6 @@ from tests.signals.conftest import (
 )
 from tests.signals.helpers import (
     Collector,
-    FillingBroker,
     client,
     eventually,
     publish_all,
@@ -44,7 +41,6 @@ pytestmark = pytest.mark.mqtt
 
 OPEN = datetime(2024, 3, 4, 14, 35, tzinfo=UTC)  # 09:35 New York, a Monday
 SECRET = "control-secret-5b7e2c41d9"
-PAPER_ON_MAIN = importlib.util.find_spec("brokers.paper") is not None
 
 
 def settings(tmp: Path, broker: Mosquitto, *, minutes: int = 300, speed: str = "600",
@@ -61,14 +57,9 @@ def settings(tmp: Path, broker: Mosquitto, *, minutes: int = 300, speed: str = "
     })
 
 
-def build(s: Settings, daemon_cls: type[Daemon] = Daemon) -> tuple[Daemon, FillingBroker | None]:
-    """The paper broker when it is on this branch, else a fake that fills like it."""
-    if PAPER_ON_MAIN:
-        return daemon_cls(s, environ={}), None
-    fake = FillingBroker()
-    daemon = daemon_cls(s, broker=fake, environ={})  # type: ignore[arg-type]
-    fake.sink = daemon.route
-    return daemon, fake
+def build(s: Settings) -> Daemon:
+    """The real app: paper broker ($100,000), sizing, risk gate, order manager."""
+    return Daemon(s, environ={})
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +85,7 @@ class TestEndToEnd:
         self, tmp_path: Path, mosquitto: Mosquitto
     ) -> None:
         # Arrange
-        daemon, fake = build(settings(tmp_path, mosquitto))
+        daemon = build(settings(tmp_path, mosquitto))
         async with running(daemon) as task, \
                 Collector(mosquitto, ("tradingd/events/#",)) as seen, \
                 client(mosquitto) as producer:
@@ -105,19 +96,22 @@ class TestEndToEnd:
         # Assert
         assert task.result() == 0
         orders = seen.on("tradingd/events/orders")
-        assert [o["type"] for o in orders][:1] == ["OrderSubmitted"]
-        assert {o["client_order_id"] for o in orders} == {orders[0]["client_order_id"]}
-        assert orders[0]["order"] == {**orders[0]["order"], "symbol": "AAPL", "side": "buy",
+        assert [o["type"] for o in orders] == ["OrderApproved", "OrderSubmitted", "OrderNew"]
+        (approved, submitted, _) = orders
+        intent = approved["intent"]
+        assert (intent["symbol"], intent["side"], intent["qty"]) == ("AAPL", "buy", 5)
+        assert intent["signal"]["id"].startswith("runbook:") and approved["original_qty"] == 5
+        cid = intent["client_order_id"]
+        assert {o.get("client_order_id", cid) for o in orders} == {cid}
+        assert submitted["order"] == {**submitted["order"], "symbol": "AAPL", "side": "buy",
                                       "qty": 5, "type": "market"}
         (fill,) = seen.on("tradingd/events/fills")
         assert fill["fill"]["qty"] == 5 and fill["fill"]["side"] == "buy"
-        assert fill["client_order_id"] == orders[0]["client_order_id"]
+        assert fill["client_order_id"] == cid
         (position,) = seen.on("tradingd/events/positions")
         assert (position["symbol"], position["qty"]) == ("AAPL", 5)
         assert daemon.stats.orders == 1 and daemon.portfolio.qty("AAPL") == 5
-        if fake is not None:
-            assert [(i.symbol, str(i.side), i.qty) for i in fake.submitted] == [
-                ("AAPL", "buy", 5)]
+        assert fill["fill"]["price"] == "150.0300"  # next bar's open + 2 bps slippage
 
 
 def malformed(n: int, rng: random.Random) -> Iterator[bytes]:
@@ -172,8 +166,8 @@ class TestFuzz:
         # Arrange
         n = 10_000
         payloads = list(malformed(n, random.Random(20240304)))
-        daemon, fake = build(settings(tmp_path, mosquitto, minutes=2000, speed="60",
-                                      inbound_queue=n))
+        daemon = build(settings(tmp_path, mosquitto, minutes=2000, speed="60",
+                                inbound_queue=n))
         t0 = time.monotonic()
         async with running(daemon) as task, client(mosquitto) as producer:
             bridge = daemon.mqtt
@@ -188,32 +182,9 @@ class TestFuzz:
         assert sum(daemon.stats.signal_rejects.values()) == n
         assert bridge.stats.accepted_signals == 0 and daemon.stats.signals == 0
         assert daemon.stats.orders == 0 and not daemon.orders.orders
-        assert fake is None or fake.submitted == []
         assert {"MALFORMED_JSON", "SCHEMA", "TOO_LARGE", "NON_FINITE",
                 "OUT_OF_RANGE"} <= set(bridge.stats.rejected)
         assert time.monotonic() - t0 < 45
-
-
-class HaltableDaemon(Daemon):
-    """The app plus the minimum of a gate with a kill switch (the risk branch provides
-    the real one): ``halt`` denies every new order with reason HALTED."""
-
-    def _wire(self) -> None:
-        super()._wire()
-        self.control.register("halt", self._halt)
-
-    async def _halt(self, args: dict[str, Any]) -> dict[str, Any]:
-        old, self.trading_state = self.trading_state, "HALTED"
-        self.bus.publish(TradingStateChanged(old=old, new="HALTED", who="mqtt",
-                                             why=str(args.get("why", "")), ts=self.clock.now()))
-        return {"state": self.trading_state}
-
-    def _gate(self, cmd: PlaceOrder) -> None:
-        if self.trading_state == "HALTED":
-            self.bus.publish(OrderDenied(intent=cmd.intent, reason="HALTED",
-                                         limit="ACTIVE", observed="HALTED"))
-            return
-        self.bus.send(SubmitOrder(cmd.intent))
 
 
 class TestControl:
@@ -224,7 +195,7 @@ class TestControl:
         broker = mosquitto_auth
         s = settings(tmp_path, broker, username=DAEMON_USER, password=DAEMON_PASSWORD,
                      control_secret=SECRET)
-        daemon, fake = build(s, HaltableDaemon)
+        daemon = build(s)
         bridge = daemon.mqtt
         assert bridge is not None
         now = time.time
@@ -232,7 +203,9 @@ class TestControl:
             async with running(daemon), \
                     client(broker, username=OPERATOR_USER, password=OPERATOR_PASSWORD) as op, \
                     client(broker, username=PRODUCER_USER,
-                           password=PRODUCER_PASSWORD) as producer:
+                           password=PRODUCER_PASSWORD) as producer, \
+                    Collector(broker, ("tradingd/events/#",), username=OPERATOR_USER,
+                              password=OPERATOR_PASSWORD) as seen:
                 # Act 1: a forged signature, and a message signed with the wrong key
                 forged = json.loads(sign_control(SECRET, target="tradingd", cmd="halt",
                                                  ts=now()))
@@ -242,7 +215,7 @@ class TestControl:
                     "not-the-secret", target="tradingd", cmd="halt", ts=now()), qos=1)
                 await op.publish("tradingd/control", b'{"cmd": "halt"}', qos=1)
                 await eventually(lambda: sum(bridge.stats.control_refused.values()) == 3)
-                assert daemon.trading_state == "ACTIVE"
+                assert daemon.risk_state.state == "ACTIVE"
                 # Act 2: a producer may not publish control at all, even correctly signed:
                 # the broker's ACL refuses it (Mosquitto 2 may also drop the connection)
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -252,18 +225,20 @@ class TestControl:
                             SECRET, target="tradingd", cmd="halt", ts=now()), qos=1)
                 await producer.publish("tradingd/signals", seed(daemon, id="warmup"), qos=1)
                 await eventually(lambda: bridge.stats.received == 1)
-                assert daemon.trading_state == "ACTIVE" and bridge.stats.control_accepted == 0
+                assert daemon.risk_state.state == "ACTIVE"
+                assert bridge.stats.control_accepted == 0
                 await eventually(lambda: daemon.stats.orders == 1)
                 # Act 3: the operator's correctly signed halt
                 signed = sign_control(SECRET, target="tradingd", cmd="halt", ts=now(),
                                       args={"why": "test"})
                 await op.publish("tradingd/control", signed, qos=1)
-                await eventually(lambda: daemon.trading_state == "HALTED")
+                await eventually(lambda: daemon.risk_state.state == "HALTED")
                 await producer.publish("tradingd/signals", seed(daemon, id="after-halt",
                                                                 signals={"MSFT": 0.2},
                                                                 prices={"MSFT": 300.0}),
                                        qos=1)
-                await eventually(lambda: daemon.stats.denied["HALTED"] == 1)
+                await eventually(lambda: daemon.stats.denied["TRADING_HALTED"] == 1)
+                await seen.wait_for(lambda: len(seen.on("tradingd/events/rejects")) == 1)
                 # Act 4: the same signed message again is a replay
                 await op.publish("tradingd/control", signed, qos=1)
                 await eventually(lambda: bridge.stats.control_refused["REPLAY"] == 1)
@@ -273,9 +248,12 @@ class TestControl:
                                                   "MALFORMED", "REPLAY"]
         assert bridge.stats.control_accepted == 1
         assert daemon.stats.orders == 1  # the warm-up buy only; nothing after the halt
-        if fake is not None:
-            assert [i.symbol for i in fake.submitted] == ["AAPL"]
         assert not any(SECRET in json.dumps(e, default=str) for e in logs)
+        (deny,) = seen.on("tradingd/events/rejects")
+        assert deny["reason"] == "TRADING_HALTED" and deny["intent"]["symbol"] == "MSFT"
+        assert [m["new"] for m in seen.on("tradingd/events/state")] == ["HALTED"]
+        results = [m for m in seen.on("tradingd/events/control") if m["ok"]]
+        assert [(m["cmd"], m["state"]) for m in results] == [("halt", "HALTED")]
 
     async def test_client_without_password_when_connecting_then_broker_refuses(
         self, mosquitto_auth: Mosquitto
