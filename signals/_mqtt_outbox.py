@@ -34,14 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
-import json
 from collections import Counter, deque
 from collections.abc import Mapping
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
+import orjson
 import structlog
 
 from daemon.events import (
@@ -88,34 +85,23 @@ def kind_of(event: Event) -> str | None:
     return None
 
 
-def plain(value: Any) -> Any:
-    """A JSON-ready copy of an event field: decimals as strings (exact), times ISO-8601."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
+def _default(value: Any) -> Any:
+    # Decimals as strings keep money exact; anything else unknown is shown, not fatal.
     return str(value)
 
 
-def event_body(event: Event) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": type(event).__name__}
-    body.update(plain(event))
-    return body
+def encode_event(event: Event, extra: Mapping[str, Any] | None = None) -> bytes:
+    """``{"type": "<EventName>", <fields>..., <extra>...}`` as JSON bytes. orjson walks
+    the (slotted) dataclasses natively: times ISO-8601, enums by value, NaN as null."""
+    raw = orjson.dumps(event, default=_default)
+    head = b'{"type":"' + type(event).__name__.encode() + b'"'
+    body = raw[1:-1]
+    tail = b"," + orjson.dumps(extra, default=_default)[1:-1] if extra else b""
+    return head + (b"," + body if body else b"") + tail + b"}"
 
 
 def dumps(body: Mapping[str, Any]) -> bytes:
-    # allow_nan=False: consumers in other languages choke on NaN; a NaN here is a bug.
-    return json.dumps(body, separators=(",", ":"), allow_nan=False, default=str).encode()
+    return orjson.dumps(body, default=_default)
 
 
 @dataclasses.dataclass(slots=True)

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -56,7 +57,7 @@ from signals._mqtt_outbox import (
     Outbox,
     Outgoing,
     dumps,
-    event_body,
+    encode_event,
     kind_of,
 )
 from signals._mqtt_schema import QUEUE_FULL, Limits, PayloadRejected, excerpt, parse_payload
@@ -65,6 +66,7 @@ from signals.mqtt_control import ControlCommand, ControlRefused, ControlVerifier
 
 log = structlog.get_logger("signals.mqtt")
 
+PUBLISH_WINDOW = 64  # QoS 1 publishes awaiting their PUBACK at once
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # aiomqtt logs through stdlib logging; its per-message "queue is full" warnings would
 # flood the log during a storm, and the bridge counts and logs those drops itself.
@@ -178,6 +180,7 @@ class MqttBridge:
         self.failure: BaseException | None = None
         self._seen: dict[tuple[str, str], None] = {}
         self._client: aiomqtt.Client | None = None
+        self._ingress: asyncio.Queue[aiomqtt.Message] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._limiter = _LogLimiter()
         for secret in (cfg.password, cfg.control_secret):
@@ -250,6 +253,9 @@ class MqttBridge:
             tls_context=ssl.create_default_context() if cfg.tls else None,
             max_queued_incoming_messages=cfg.inbound_queue,
             queue_type=self._ingress_queue_type(),
+            # Small packets (PUBACKs, events) go out at once: with Nagle a PUBACK can wait
+            # for the peer's delayed ACK (40 ms) and stall the broker's in-flight window.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             will=aiomqtt.Will(self.topics["status"], dumps(self._status(online=False)),
                               qos=1, retain=True),
         )
@@ -258,7 +264,12 @@ class MqttBridge:
         bridge = self
 
         class _CountingQueue(asyncio.Queue[aiomqtt.Message]):
-            """aiomqtt discards a message when its queue is full; count it as refused."""
+            """aiomqtt discards a message when its queue is full; count it as refused.
+            The bridge keeps the queue to take bursts without a task switch per message."""
+
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                bridge._ingress = self
 
             def put_nowait(self, item: aiomqtt.Message) -> None:
                 if self.full():
@@ -307,14 +318,25 @@ class MqttBridge:
     # -- ingress -----------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        signals, control = self.topics["signals"], self.topics["control"]
+        # The iterator waits for a message *or* a disconnect; what else is queued by then
+        # is taken at once (aiomqtt's iterator costs a task per message), but only while
+        # the inbox has room, so the pump gets its turn before the inbox could fill.
+        inbox, burst = self._inbox, max(1, self._inbox.maxsize // 2)
         async for message in client.messages:
-            payload = message.payload
-            body = payload if isinstance(payload, bytes) else str(payload or "").encode()
-            if message.topic.value == signals:
-                self.on_signal_payload(body)
-            elif message.topic.value == control:
-                self.on_control_payload(body)
+            self._dispatch(message)
+            queue, n = self._ingress, 1
+            while queue is not None and not queue.empty() and n < 256 and len(inbox) < burst:
+                self._dispatch(queue.get_nowait())
+                n += 1
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        body = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        topic = message.topic.value
+        if topic == self.topics["signals"]:
+            self.on_signal_payload(body)
+        elif topic == self.topics["control"]:
+            self.on_control_payload(body)
 
     def on_signal_payload(self, payload: bytes) -> None:
         """Validate one ``<prefix>/signals`` body and hand its new signals to the inbox."""
@@ -440,31 +462,47 @@ class MqttBridge:
         self.outbox.put(Outgoing(kind, self._events_topic(kind), body=event, qos=qos))
 
     async def _publish(self, client: aiomqtt.Client) -> None:
+        """Send the outbox in order. QoS 1 publishes are pipelined (up to
+        ``PUBLISH_WINDOW`` awaiting their PUBACK), so one slow acknowledgement does not
+        hold up the rest; they reach the socket in outbox order all the same."""
         me = asyncio.current_task()
-        while True:
-            # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation
-            # that races with the publish completing; without this check the task would
-            # wait on the outbox forever and hang the TaskGroup (and the daemon's exit).
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
-            out = await self.outbox.get()
-            try:
-                await client.publish(out.topic, self._encode(out), qos=out.qos,
-                                     retain=out.retain)
-            except aiomqtt.MqttError:
-                self.outbox.requeue(out)
-                raise
-            self.stats.published += 1
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+        async with asyncio.TaskGroup() as inflight:
+            while True:
+                # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a
+                # cancellation that races with a publish completing; without this check
+                # the task would wait on the outbox forever and hang the daemon's exit.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
+                out = await self.outbox.get()
+                if out.qos == 0:  # written to the socket, nothing to wait for
+                    await self._send(client, out)
+                    continue
+                await window.acquire()
+                inflight.create_task(self._send(client, out, window), name="mqtt.publish_one")
+
+    async def _send(self, client: aiomqtt.Client, out: Outgoing,
+                    window: asyncio.Semaphore | None = None) -> None:
+        try:
+            await client.publish(out.topic, self._encode(out), qos=out.qos, retain=out.retain)
+        except aiomqtt.MqttError:
+            self.outbox.requeue(out)  # resent after the reconnect
+            raise
+        finally:
+            if window is not None:
+                window.release()
+        self.stats.published += 1
 
     def _encode(self, out: Outgoing) -> bytes:
         if not isinstance(out.body, Event):
             return dumps(out.body)
-        body = event_body(out.body)
-        order = self._orders.get(body.get("client_order_id", "")) if self._orders else None
-        if order is not None:
-            body["order"] = {"symbol": order.symbol, "side": str(order.side), "qty": order.qty,
-                             "type": str(order.order_type), "signal_id": order.signal_id}
-        return dumps(body)
+        cid = getattr(out.body, "client_order_id", None)
+        order = self._orders.get(cid) if self._orders and cid else None
+        if order is None:
+            return encode_event(out.body)
+        return encode_event(out.body, {"order": {
+            "symbol": order.symbol, "side": str(order.side), "qty": order.qty,
+            "type": str(order.order_type), "signal_id": order.signal_id}})
 
     def _status(self, *, online: bool) -> dict[str, Any]:
         return {"online": online, "state": self._state if online else "OFFLINE",
