@@ -17,25 +17,12 @@ DAEMON_USER, DAEMON_PASSWORD = "tradingd", "daemon-pass-4f1c9e"
 PRODUCER_USER, PRODUCER_PASSWORD = "producer", "producer-pass-77ab01"
 OPERATOR_USER, OPERATOR_PASSWORD = "operator", "operator-pass-c3d2e1"
 
-# The same shape as config/mosquitto.acl: producers may only publish signals, the
-# operator may also publish control, the daemon reads signals/control and writes the rest.
-ACL = """\
-user tradingd
-topic read tradingd/signals
-topic read tradingd/control
-topic write tradingd/events/#
-topic write tradingd/rejects
-topic readwrite tradingd/status
-
-user producer
-topic write tradingd/signals
-topic read tradingd/rejects
-
-user operator
-topic write tradingd/control
-topic write tradingd/signals
-topic read tradingd/#
-"""
+REPO = Path(__file__).resolve().parents[2]
+# The shipped ACL: producers may only publish signals, the operator may also publish
+# control, the daemon reads signals/control and writes the rest.
+ACL = (REPO / "config" / "mosquitto.acl").read_text()
+USERS = {DAEMON_USER: DAEMON_PASSWORD, PRODUCER_USER: PRODUCER_PASSWORD,
+         OPERATOR_USER: OPERATOR_PASSWORD}
 
 
 def _start(broker: Mosquitto) -> Mosquitto:
@@ -60,11 +47,12 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def mosquitto_auth(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A broker with a password file (``mosquitto_passwd -b -c``) and the ACL above."""
-    users = {DAEMON_USER: DAEMON_PASSWORD, PRODUCER_USER: PRODUCER_PASSWORD,
-             OPERATOR_USER: OPERATOR_PASSWORD}
+    """The shipped ``config/mosquitto.conf`` and ``config/mosquitto.acl`` (port and file
+    paths moved into a temp directory), with a password file made by
+    ``mosquitto_passwd -b -c``."""
     try:
-        broker = Mosquitto(tmp_path / "mosquitto-auth", users=users, acl=ACL)
+        broker = Mosquitto(tmp_path / "mosquitto-auth", users=USERS, acl=ACL,
+                           template=REPO / "config" / "mosquitto.conf")
     except MosquittoMissing as exc:
         pytest.fail(str(exc), pytrace=False)
     _start(broker)

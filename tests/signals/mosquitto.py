@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,8 @@ class Mosquitto:
     """One broker process. ``users`` maps user -> password; ``acl`` is ACL file text."""
 
     def __init__(self, workdir: Path, *, users: dict[str, str] | None = None,
-                 acl: str | None = None, port: int | None = None) -> None:
+                 acl: str | None = None, port: int | None = None,
+                 template: Path | None = None) -> None:
         self.binary = find_binary("mosquitto")
         self.workdir = workdir
         self.users = users
@@ -54,6 +56,9 @@ class Mosquitto:
         self.host = "127.0.0.1"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
+        # A production config (config/mosquitto.conf) to run with its port and file paths
+        # moved into the work directory.
+        self.template = template
 
     @property
     def url(self) -> str:
@@ -75,20 +80,27 @@ class Mosquitto:
             "max_inflight_messages 1000",
             "user root" if os.geteuid() == 0 else "",
         ]
-        if self.users is None:
-            lines.append("allow_anonymous true")
-        else:
-            passwd = self.workdir / "passwd"
+        passwd, acl = self.workdir / "passwd", self.workdir / "acl"
+        if self.users is not None:
             passwd.unlink(missing_ok=True)
             tool = find_binary("mosquitto_passwd")
             for i, (user, password) in enumerate(self.users.items()):
                 flags = ["-b", "-c"] if i == 0 else ["-b"]
                 subprocess.run([tool, *flags, str(passwd), user, password], check=True,
                                capture_output=True)
+        if self.acl is not None:
+            acl.write_text(self.acl)
+        if self.template is not None:
+            text = self.template.read_text()
+            text = re.sub(r"^listener 1883 127\.0\.0\.1$", lines[0], text, flags=re.M)
+            text = re.sub(r"^password_file .*$", f"password_file {passwd}", text, flags=re.M)
+            text = re.sub(r"^acl_file .*$", f"acl_file {acl}", text, flags=re.M)
+            lines = [text, *lines[1:3], "user root" if os.geteuid() == 0 else ""]
+        elif self.users is None:
+            lines.append("allow_anonymous true")
+        else:
             lines += ["allow_anonymous false", f"password_file {passwd}"]
             if self.acl is not None:
-                acl = self.workdir / "acl"
-                acl.write_text(self.acl)
                 lines.append(f"acl_file {acl}")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(line for line in lines if line) + "\n")
