@@ -94,8 +94,9 @@ def producer_main(port: int, phase: str, n: int, rate: float | None) -> None:
     import socket
 
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-producer-{phase}")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-producer-{phase}")
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
     c.connect("127.0.0.1", port)

@@ -29,7 +29,7 @@ class TestMqttConfig:
         assert "pw-123456" not in repr(s) and "hmac-key-abcdef" not in repr(s)
 
     def test_enabled_when_no_url_then_config_error(self) -> None:
-        with pytest.raises(ConfigError, match="needs signals.mqtt.url"):
+        with pytest.raises(ConfigError, match=r"needs signals\.mqtt\.url"):
             load_settings(environ={}, overrides={"signals": {"mqtt": {"enabled": True}}})
 
     def test_url_when_it_carries_credentials_then_refused_without_echoing_them(self) -> None:
