@@ -8,7 +8,9 @@ Topics (``<prefix>`` defaults to ``tradingd``):
   Invalid ones are refused with a reason code: counted, logged ``signal.reject``,
   published as ``SignalRejected`` on the bus and as JSON on ``<prefix>/rejects``. A
   signal id seen before (per source, among the last ``dedup_window``) is ignored and
-  logged ``signal.duplicate``.
+  logged ``signal.duplicate``. Every reject and duplicate is counted; their log lines are
+  limited to 50 a second per reason (``suppressed=n`` on the next line says how many
+  were not written), so a flood of garbage cannot flood the journal.
 * ``<prefix>/control`` (subscribed, QoS 1): signed commands, see
   ``signals.mqtt_control``. Refused ones are logged ``control.refused`` with the reason.
 * ``<prefix>/events/<kind>``: order lifecycle, fills, positions, trading state, gate
@@ -37,9 +39,7 @@ import logging
 import random
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -61,6 +61,7 @@ from signals._mqtt_outbox import (
     kind_of,
 )
 from signals._mqtt_schema import QUEUE_FULL, Limits, PayloadRejected, excerpt, parse_payload
+from signals._mqtt_stats import BridgeStats, LogLimiter
 from signals.config import MqttConfig
 from signals.mqtt_control import ControlCommand, ControlRefused, ControlVerifier
 
@@ -72,54 +73,6 @@ ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # flood the log during a storm, and the bridge counts and logs those drops itself.
 _CLIENT_LOGGER = logging.getLogger("signals.mqtt.client")
 _CLIENT_LOGGER.setLevel(logging.ERROR)
-
-
-@dataclass(slots=True)
-class BridgeStats:
-    """Counters of one bridge, for heartbeats, tests and the session summary."""
-
-    received: int = 0
-    accepted_batches: int = 0
-    accepted_signals: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    published: int = 0
-    control_accepted: int = 0
-    control_refused: Counter[str] = field(default_factory=Counter)
-    connects: int = 0
-    disconnects: int = 0
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"received": self.received, "accepted_batches": self.accepted_batches,
-                "accepted_signals": self.accepted_signals, "duplicates": self.duplicates,
-                "rejected": dict(self.rejected), "published": self.published,
-                "control_accepted": self.control_accepted,
-                "control_refused": dict(self.control_refused), "connects": self.connects,
-                "disconnects": self.disconnects}
-
-
-class _LogLimiter:
-    """At most ``per_sec`` log lines per key and second; the rest are counted and the
-    count rides on the next line that is logged (``suppressed=n``)."""
-
-    def __init__(self, per_sec: int = 50) -> None:
-        self._per_sec = per_sec
-        self._window: dict[str, tuple[int, int, int]] = {}  # key -> (second, logged, held)
-
-    def allow(self, key: str) -> int | None:
-        now = monotonic_ns() // 1_000_000_000
-        sec, logged, held = self._window.get(key, (now, 0, 0))
-        if sec != now:
-            sec, logged = now, 0
-        if logged >= self._per_sec:
-            self._window[key] = (sec, logged, held + 1)
-            return None
-        self._window[key] = (sec, logged + 1, 0)
-        return held
 
 
 class MqttBridge:
@@ -182,7 +135,7 @@ class MqttBridge:
         self._client: aiomqtt.Client | None = None
         self._ingress: asyncio.Queue[aiomqtt.Message] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._limiter = _LogLimiter()
+        self._limiter = LogLimiter()
         for secret in (cfg.password, cfg.control_secret):
             if secret is not None:
                 dlog.register_secret(secret.get_secret_value())

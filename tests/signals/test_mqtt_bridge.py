@@ -315,3 +315,24 @@ class TestOutage:
         assert "mqtt.disconnected" in events
         assert events.count("mqtt.connected") >= 2
         assert h.bridge.stats.connects >= 2 and not h.failures
+
+    async def test_broker_down_when_bridge_starts_then_it_retries_until_the_broker_is_up(
+        self, tmp_path: Path
+    ) -> None:
+        # Arrange: a broker that is not running yet
+        late = Mosquitto(tmp_path / "late")
+        h = Harness(late)
+        try:
+            with capture_logs() as logs:
+                async with h.bridge:
+                    await eventually(lambda: h.bridge.stats.disconnects >= 2)
+                    assert not h.bridge.connected.is_set()
+                    # Act
+                    late.start()
+                    # Assert
+                    await h.bridge.wait_connected()
+            assert [e["event"] for e in logs].count("mqtt.connected") == 1
+            assert all(e["retry_in_secs"] <= 0.5 for e in logs
+                       if e["event"] == "mqtt.disconnected")
+        finally:
+            late.stop()
