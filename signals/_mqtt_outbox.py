@@ -167,9 +167,14 @@ class Outbox:
         return True
 
     def requeue(self, msg: Outgoing) -> None:
-        """Put back at the front a message whose publish failed (the connection dropped)."""
-        (self._lossy if msg.lossy else self._keep).appendleft(msg)
+        """Put back a message whose publish failed (the connection dropped), in its
+        original place: several pipelined publishes may fail together, in any order."""
+        queue = self._lossy if msg.lossy else self._keep
+        at = next((i for i, m in enumerate(queue) if m.seq > msg.seq), len(queue))
+        queue.insert(at, msg)
         self._ready.set()
+        if not msg.lossy:
+            self._no_keep.clear()
         if not msg.lossy:
             self._no_keep.clear()
 

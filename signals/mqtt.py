@@ -438,8 +438,10 @@ class MqttBridge:
                     window: asyncio.Semaphore | None = None) -> None:
         try:
             await client.publish(out.topic, self._encode(out), qos=out.qos, retain=out.retain)
-        except aiomqtt.MqttError:
-            self.outbox.requeue(out)  # resent after the reconnect
+        except (aiomqtt.MqttError, asyncio.CancelledError):
+            # Resent after the reconnect; a send cancelled because a sibling failed is
+            # just as unconfirmed as the one that failed.
+            self.outbox.requeue(out)
             raise
         finally:
             if window is not None:

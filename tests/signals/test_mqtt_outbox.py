@@ -72,6 +72,16 @@ class TestOutbox:
         box.requeue(first)
         assert drain(box) == [("orders", 1), ("orders", 2)]
 
+    def test_requeue_when_several_failed_out_of_order_then_original_order(self) -> None:
+        box = Outbox(10)
+        for i in range(4):
+            box.put(keep(i))
+        taken = [box.pop() for _ in range(3)]
+        for m in reversed(taken):  # the failures come back in any order
+            assert m is not None
+            box.requeue(m)
+        assert drain(box) == [("orders", 0), ("orders", 1), ("orders", 2), ("orders", 3)]
+
     def test_never_blocks_when_flooded_then_bounded(self) -> None:
         box = Outbox(100)
         for i in range(100_000):
