@@ -175,8 +175,6 @@ class Outbox:
         self._ready.set()
         if not msg.lossy:
             self._no_keep.clear()
-        if not msg.lossy:
-            self._no_keep.clear()
 
     def pop(self) -> Outgoing | None:
         keep, lossy = self._keep, self._lossy
