@@ -182,3 +182,21 @@ class TestInboxThreadsafe:
         # Assert
         assert errors == []
         assert got == [beat(n) for n in range(5)]
+
+    async def test_put_threadsafe_when_timed_out_then_message_never_enqueued_later(
+        self,
+    ) -> None:
+        # Arrange
+        inbox = Inbox(maxsize=1)
+        await inbox.put_wait(beat(0))
+        loop = asyncio.get_running_loop()
+
+        # Act: the producer gives up; then room appears
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(inbox.put_threadsafe, loop, beat(1), 0.05)
+        assert await inbox.get() == beat(0)
+        await asyncio.sleep(0.02)
+
+        # Assert: the caller was told it failed, so it must not have happened behind its
+        # back (a retry would duplicate it)
+        assert len(inbox) == 0
