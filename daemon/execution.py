@@ -163,7 +163,7 @@ class OrderManager:
         if order is None:
             self.unknown_reports.append(event)
             log.warning("order.unknown_report", client_order_id=event.client_order_id,
-                        event=type(event).__name__)
+                        event_type=type(event).__name__)
             return
         try:
             changed = order.apply(event)
@@ -171,7 +171,7 @@ class OrderManager:
             # Streams replay and reorder; reconciliation with the broker settles it.
             self.stats["illegal_transition"] += 1
             log.warning("order.illegal_transition", client_order_id=order.client_order_id,
-                        status=str(order.status), event=type(event).__name__, error=str(exc))
+                        status=str(order.status), event_type=type(event).__name__, error=str(exc))
             return
         except OverfillError as exc:
             self.stats["overfill"] += 1
@@ -243,7 +243,7 @@ class OrderManager:
                      filled_qty=order.filled_qty, order_qty=order.qty)
         else:
             log.info("order.status", client_order_id=order.client_order_id,
-                     status=str(order.status), event=type(event).__name__)
+                     status=str(order.status), event_type=type(event).__name__)
 
     def _spawn(self, coro: object, name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
