@@ -266,7 +266,10 @@ class OrderManager:
     async def _submit(self, intent: OrderIntent) -> None:
         cid = intent.client_order_id
         try:
-            await asyncio.wait_for(self._broker.submit(intent), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the call completes, and __aexit__ would then wait forever.
+            async with asyncio.timeout(self._timeout):
+                await self._broker.submit(intent)
         except BrokerRejected as exc:
             self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
                                          reason=str(exc)))
@@ -287,8 +290,8 @@ class OrderManager:
         reconciliation marks it abandoned.
         """
         try:
-            found = await asyncio.wait_for(self._broker.get_order(client_order_id),
-                                           self._timeout)
+            async with asyncio.timeout(self._timeout):
+                found = await self._broker.get_order(client_order_id)
         except (BrokerError, TimeoutError) as exc:
             log.warning("order.lookup_failed", client_order_id=client_order_id, error=repr(exc))
             return None
