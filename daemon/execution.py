@@ -250,6 +250,22 @@ class OrderManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _cancel(self, client_order_id: str) -> None:
+        """Ask the broker to cancel; the outcome comes back as a report through the sink."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._broker.cancel(client_order_id)
+        except (BrokerError, TimeoutError) as exc:
+            # Still open here; the next cancel or reconciliation settles it.
+            log.warning("order.cancel_failed", client_order_id=client_order_id, error=repr(exc))
+
+    async def _cancel_all(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._broker.cancel_all()
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.cancel_all_failed", error=repr(exc))
+
     async def _worker(self) -> None:
         while True:
             while not self._outbox:
