@@ -3,6 +3,7 @@ most once per check, never earlier than their interval."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -147,6 +148,6 @@ class TestTimers:
                 due = clock.now() + timedelta(seconds=interval)
 
         stamps = [e.ts for e in published]  # type: ignore[attr-defined]
-        assert all(b - a >= timedelta(seconds=interval) for a, b in zip(stamps, stamps[1:]))
+        assert all(b - a >= timedelta(seconds=interval) for a, b in itertools.pairwise(stamps))
         if stamps:
             assert stamps[0] - T0 >= timedelta(seconds=interval)

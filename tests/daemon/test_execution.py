@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -23,7 +23,6 @@ from daemon.events import (
     CancelOrder,
     Event,
     OrderCanceled,
-    OrderEvent,
     OrderFilled,
     OrderIntent,
     OrderNew,

@@ -205,7 +205,7 @@ class TestOrderStateMachineProperties:
 
     def test_table_when_read_then_open_and_terminal_partition_all_statuses(self) -> None:
         assert set(ORDER_TRANSITIONS) == set(OrderStatus)
-        assert OPEN | TERMINAL == set(OrderStatus)
+        assert set(OrderStatus) == OPEN | TERMINAL
         assert not OPEN & TERMINAL
         assert all(ORDER_TRANSITIONS[s] == {} for s in TERMINAL)
         assert all(OrderFilled in ORDER_TRANSITIONS[s] for s in OPEN)
