@@ -84,6 +84,19 @@ class TestSecretScrubbing:
         assert SECRET not in out
         assert "401 for key ***" in out
 
+    def test_log_when_secret_nested_in_dict_or_list_then_scrubbed(
+        self, stream: io.StringIO
+    ) -> None:
+        dlog.register_secret(SECRET)
+
+        structlog.get_logger("test").info(
+            "alpaca.request", headers={"APCA-API-SECRET-KEY": SECRET}, args=["x", SECRET])
+
+        assert SECRET not in stream.getvalue()
+        record = lines(stream)[0]
+        assert record["headers"] == {"APCA-API-SECRET-KEY": "***"}
+        assert record["args"] == ["x", "***"]
+
     def test_log_when_stdlib_library_logs_secret_then_scrubbed(
         self, stream: io.StringIO
     ) -> None:
