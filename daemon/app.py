@@ -250,6 +250,8 @@ class Daemon:
             self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
             self._task(self.killswitch.watch(), "risk.kill_switch"),
         ]
+        if self.orders.worker is not None:
+            self.orders.worker.add_done_callback(self._on_task_done)
         if self.replaying:
             tasks.append(self._task(self._replay(), "feed.replay"))
         else:
@@ -329,7 +331,8 @@ class Daemon:
             if t.get_name() == "feed.replay":
                 t.cancel()
         try:
-            await asyncio.wait_for(self.orders.drained(), grace)
+            async with asyncio.timeout(grace):
+                await self.orders.drained()
         except TimeoutError:
             log.warning("daemon.shutdown_timeout", grace_secs=grace)
         for t in [*tasks, *self._side_tasks]:
