@@ -161,6 +161,7 @@ class Daemon:
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
         bus.subscribe(OrderFilled, self.portfolio.on_fill)
         bus.subscribe(RiskTick, self._on_risk_tick)
+        bus.subscribe(ReconcileTick, self._on_reconcile_tick)
         self.stats.attach(bus)
         self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
                           lambda ts: ReconcileTick(ts=ts))
@@ -208,7 +209,7 @@ class Daemon:
         self.market.warm()
         self.killswitch.install_signal_handler(loop)
         try:
-            async with self.broker, self.orders, self.control:
+            async with self.broker, self.orders, self.control, self._live_feed():
                 await self._start_books()
                 tasks = self._start_tasks()
                 self.notifier.ready(f"trading {self.settings.broker.kind}")
@@ -233,8 +234,30 @@ class Daemon:
                  replay=str(self.settings.feed.replay or "demo"), speed=self.settings.feed.speed,
                  state_dir=str(d.state_dir), pid=os.getpid())
 
+    def _live_feed(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Live bars enter through the inbox, coalesced if the bus falls behind."""
+        if self.settings.feed.source != "alpaca":
+            return contextlib.nullcontext()
+        from brokers.alpaca import AlpacaBarFeed
+
+        return AlpacaBarFeed(self.settings.broker.alpaca, symbols=self.settings.feed.symbols,
+                             on_batch=self.inbox.put_bars)
+
+    async def _refresh_market_clock(self) -> None:
+        """The gate prefers the broker's clock for MARKET_CLOSED when the broker has one."""
+        try:
+            self.market.set_broker_clock(await self.broker.clock())
+        except Exception as exc:  # a failed clock read keeps the calendar in charge
+            log.warning("market.clock_failed", error=repr(exc))
+
+    def _on_reconcile_tick(self, tick: ReconcileTick) -> None:
+        if not self.replaying:
+            self._spawn(self._refresh_market_clock(), "market.clock")
+
     async def _start_books(self) -> None:
         """The broker is the source of truth for cash and positions at start."""
+        if not self.replaying:
+            await self._refresh_market_clock()
         account = await self.broker.account()
         self.portfolio.restore(account.cash, await self.broker.positions())
         self.gate.invalidate()
