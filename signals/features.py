@@ -214,7 +214,9 @@ class FeatureEngine:
     def _push(self, ok: npt.NDArray[np.bool_], h: FloatArray, lo: FloatArray, c: FloatArray,
               v: FloatArray) -> None:
         rows: slice | npt.NDArray[np.intp] = slice(None) if ok.all() else np.flatnonzero(ok)
-        for buf, new in ((self._lc, np.log(c)), (self._c, c), (self._h, h), (self._l, lo),
+        with np.errstate(invalid="ignore", divide="ignore"):  # rejected rows are not used
+            log_c = np.log(c)
+        for buf, new in ((self._lc, log_c), (self._c, c), (self._h, h), (self._l, lo),
                          (self._v, v)):
             buf[rows, :-1] = buf[rows, 1:]
             buf[rows, -1] = new[rows]
