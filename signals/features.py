@@ -79,11 +79,12 @@ class FeatureFrame:
     ``present``: a valid bar arrived for the symbol at ``ts``. ``invalid``: a bar arrived
     but was rejected (NaN, non-positive, high < low). ``warm``: enough history for every
     window. ``stale_bars``: consecutive bars missed. ``gaps``: bars missed in the last
-    ``gap_window`` bars.
+    ``gap_window`` bars. ``close``: each symbol's latest close (this bar's when present).
     """
 
     ts: datetime
     values: FloatArray
+    close: FloatArray
     present: npt.NDArray[np.bool_]
     invalid: npt.NDArray[np.bool_]
     warm: npt.NDArray[np.bool_]
@@ -186,7 +187,7 @@ class FeatureEngine:
         values = self._compute(ok, minute)
         self.last_ts, self._last_day = ts, day
         return FeatureFrame(
-            ts=ts, values=values, present=ok, invalid=invalid,
+            ts=ts, values=values, close=self._c[:, -1].copy(), present=ok, invalid=invalid,
             warm=self._n_bars >= WARMUP_BARS, stale_bars=self._stale.copy(),
             gaps=self._gaps.copy(), minute_of_session=minute,
         )

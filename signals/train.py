@@ -75,7 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", choices=("excess", "raw"), default="excess")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="tail of the training period used for validation")
-    parser.add_argument("--max-rounds", type=int, default=None)
+    parser.add_argument("--max-rounds", type=int, default=None,
+                        help="boosting rounds at most (default 600; 60 with --small)")
+    parser.add_argument("--early-stop", type=int, default=None,
+                        help="rounds without validation AUC gain before stopping "
+                             "(default 50; 15 with --small; 0 = never stop early)")
     parser.add_argument("--small", action="store_true",
                         help="a small, fast model (demo): depth 4, at most 60 rounds")
     parser.add_argument("--seed", type=int, default=0)
@@ -123,9 +127,9 @@ def train(bars: DenseBars, args: argparse.Namespace) -> tuple[dict[str, Any], An
                     for k in ("train", "validation"))
     t1 = time.perf_counter()
     booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dval, "validation")],
-                        early_stopping_rounds=15 if args.small else 50, verbose_eval=False)
+                        early_stopping_rounds=_early_stop(args) or None, verbose_eval=False)
     fit_secs = time.perf_counter() - t1
-    best = int(booster.best_iteration)
+    best = int(getattr(booster, "best_iteration", rounds - 1))
     booster = booster[: best + 1]
     score = np.full(usable.shape, np.nan)
     for k in ("train", "validation", "test"):
@@ -149,6 +153,12 @@ def train(bars: DenseBars, args: argparse.Namespace) -> tuple[dict[str, Any], An
     log.info("train.fitted", best_iteration=best, fit_secs=round(fit_secs, 2),
              rows={k: int(v.sum()) for k, v in masks.items()})
     return meta, booster
+
+
+def _early_stop(args: argparse.Namespace) -> int:
+    if args.early_stop is not None:
+        return int(args.early_stop)
+    return 15 if args.small else 50
 
 
 def forward_returns(bars: DenseBars, horizon: int) -> FloatArray:

@@ -36,3 +36,14 @@ def sample_bars() -> DenseBars:
 def wide_bars() -> DenseBars:
     """The first 53 symbols alphabetically x the first 3 trading days (real gaps: CHTR)."""
     return read_bars_csv(market_dir() / FULL, first_symbols=53, days=3)
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained on the 10-symbol sample with the real CLI (a few seconds)."""
+    from signals.train import main
+
+    out = tmp_path_factory.mktemp("model")
+    code = main(["--bars", str(market_dir() / SAMPLE), "--out", str(out), "--small"])
+    assert code == 0
+    return out
