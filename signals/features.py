@@ -57,9 +57,10 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 
-# Series whose trailing-window sums are taken at once with one reversed cumsum.
-_SERIES = ("r", "r2", "rpos", "rng", "lnhl2", "lv", "lv2", "v", "sv", "tpv", "cd", "cd2",
-           "ill")
+# Per-bar series kept in one [series, symbol, bar] ring (each bar's values are computed
+# once, when it arrives), plus the close-centred series recomputed every bar.
+_STORED = ("r", "r2", "rpos", "rng", "lnhl2", "lv", "lv2", "v", "sv", "tpv", "ill")
+_SERIES = (*_STORED, "cd", "cd2")
 _S = {name: i for i, name in enumerate(_SERIES)}
 _SUM_WINDOWS = (5, 10, 14, 15, 20, 30, 60)
 _K = {k: j for j, k in enumerate(_SUM_WINDOWS)}
@@ -125,7 +126,8 @@ class FeatureEngine:
         self._pos = {s: i for i, s in enumerate(self.symbols)}
         self._index_cache: dict[tuple[str, ...], tuple[npt.NDArray[np.intp], bool]] = {}
         self._lc = np.full((n, WINDOW + 1), np.nan)  # log close
-        self._c, self._h, self._l, self._v = (np.full((n, WINDOW), np.nan) for _ in range(4))
+        self._c, self._h, self._l = (np.full((n, WINDOW), np.nan) for _ in range(3))
+        self._ser = np.full((len(_STORED), n, WINDOW), np.nan)
         self._ema = np.full((3, n), np.nan)  # fast, slow, signal(of macd)
         self._sday = np.full(n, -1, dtype=np.int64)
         # open, high, low, sum(tp*v), sum(v), sum(close), count
@@ -217,10 +219,16 @@ class FeatureEngine:
         rows: slice | npt.NDArray[np.intp] = slice(None) if ok.all() else np.flatnonzero(ok)
         with np.errstate(invalid="ignore", divide="ignore"):  # rejected rows are not used
             log_c = np.log(c)
-        for buf, new in ((self._lc, log_c), (self._c, c), (self._h, h), (self._l, lo),
-                         (self._v, v)):
+            r = log_c - self._lc[:, -1]
+            lv = np.log1p(v)
+            new = np.stack((r, r * r, np.maximum(r, 0.0), (h - lo) / c, np.log(h / lo) ** 2,
+                            lv, lv * lv, v, np.sign(r) * v, (h + lo + c) / 3 * v,
+                            np.abs(r) / np.maximum(c * v, 1.0)))
+        for buf, col in ((self._lc, log_c), (self._c, c), (self._h, h), (self._l, lo)):
             buf[rows, :-1] = buf[rows, 1:]
-            buf[rows, -1] = new[rows]
+            buf[rows, -1] = col[rows]
+        self._ser[:, rows, :-1] = self._ser[:, rows, 1:]
+        self._ser[:, rows, -1] = new[:, rows]
 
     def _update_ema(self, ok: npt.NDArray[np.bool_], c: FloatArray) -> None:
         e = self._ema
@@ -261,18 +269,11 @@ class FeatureEngine:
 
         A NaN anywhere in a symbol's buffer (only before it is warm) makes all its sums
         NaN, which is harmless: such rows are gated by ``warm``."""
-        lc, c, h, lo, v = self._lc, self._c, self._h, self._l, self._v
-        r = np.diff(lc, axis=1)
-        c_now = c[:, -1:]
-        lv = np.log1p(v)
-        cd = c - c_now  # centred on the last close: no cancellation in price variance
-        series = np.stack((
-            r, r * r, np.maximum(r, 0.0), (h - lo) / c, np.log(h / lo) ** 2, lv, lv * lv, v,
-            np.sign(r) * v, (h + lo + c) / 3 * v, cd, cd * cd,
-            np.abs(r) / np.maximum(c * v, 1.0),
-        ))
-        sums = (series.reshape(-1, WINDOW) @ _SUM_MATRIX).reshape(len(_SERIES), len(c), -1)
-        return sums, r
+        n = len(self.symbols)
+        cd = self._c - self._c[:, -1:]  # centred on the last close: no cancellation
+        stored = (self._ser.reshape(-1, WINDOW) @ _SUM_MATRIX).reshape(len(_STORED), n, -1)
+        centred = (np.stack((cd, cd * cd)).reshape(-1, WINDOW) @ _SUM_MATRIX).reshape(2, n, -1)
+        return np.concatenate((stored, centred)), self._ser[_S["r"]]
 
     def _single_symbol(self, f: dict[str, FloatArray], minute: int) -> None:
         sums, r = self._window_sums()
@@ -301,12 +302,13 @@ class FeatureEngine:
             f[f"rsi_{k}"] = _ratio(up, up + down, 0.5)
         macd = (self._ema[0] - self._ema[1]) / c
         f["macd"], f["macd_signal"], f["macd_hist"] = macd, self._ema[2], macd - self._ema[2]
-        lv_now = np.log1p(self._v[:, -1])
+        lv_now = self._ser[_S["lv"], :, -1]
+        v_now = self._ser[_S["v"], :, -1]
         for k in (30, 60):
             m = s("lv", k) / k
             sd = np.sqrt(np.maximum(s("lv2", k) / k - m * m, 0.0))
             f[f"vol_z_{k}"] = _ratio(lv_now - m, sd, 0.0)
-        f["vol_ratio_15"] = _ratio(self._v[:, -1], s("v", 15) / 15, 1.0)
+        f["vol_ratio_15"] = _ratio(v_now, s("v", 15) / 15, 1.0)
         f["flow_15"] = _ratio(s("sv", 15), s("v", 15), 0.0)
         self._price_levels(f, s, c)
         f["minute_of_session"] = np.full(len(c), float(minute))
@@ -340,9 +342,9 @@ class FeatureEngine:
             mean = x[use].mean() if use.any() else np.nan
             f[f"mkt_ret_{k}"] = np.full(len(x), mean)
         f["rel_ret_15"] = f["ret_15"] - f["mkt_ret_15"]
-        ranks = masked_pct_rank(np.stack([f[name] for name in RANKED], axis=1), part)
+        ranks = masked_pct_rank(np.stack([f[name] for name in RANKED]), part)
         for j, name in enumerate(RANKED):
-            f[f"rank_{name}"] = ranks[:, j]
+            f[f"rank_{name}"] = ranks[j]
 
 
 def _ratio(num: FloatArray, den: FloatArray, fallback: float) -> FloatArray:
@@ -358,39 +360,41 @@ def _autocorr(a: FloatArray, b: FloatArray) -> FloatArray:
 
 
 def average_ranks(x: FloatArray) -> FloatArray:
-    """0-based ranks along axis 0 (each column of a 2-d array ranked on its own); ties
-    get the mean of their ranks, as Spearman's correlation needs."""
-    n = x.shape[0]
-    order = np.argsort(x, axis=0, kind="stable")
-    xs = np.take_along_axis(x, order, axis=0)
-    pos = np.arange(n, dtype=np.float64).reshape((n,) + (1,) * (x.ndim - 1))
-    first = np.ones(xs.shape, dtype=np.bool_)
-    first[1:] = xs[1:] != xs[:-1]
-    last = np.ones(xs.shape, dtype=np.bool_)
-    last[:-1] = first[1:]
-    start = np.maximum.accumulate(np.where(first, pos, 0.0), axis=0)
-    end = np.minimum.accumulate(np.where(last, pos, n - 1.0)[::-1], axis=0)[::-1]
-    ranks = np.empty(xs.shape)
-    np.put_along_axis(ranks, order, (start + end) / 2, axis=0)
-    return ranks
+    """0-based ranks along the last axis (each row of a 2-d array ranked on its own);
+    ties get the mean of their ranks, as Spearman's correlation needs."""
+    x2 = x.reshape(-1, x.shape[-1])
+    k, n = x2.shape
+    order = np.argsort(x2, axis=1, kind="stable")
+    rows = np.arange(k)[:, None]
+    xs = x2[rows, order]
+    first = np.ones((k, n), dtype=np.bool_)
+    first[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    last = np.ones((k, n), dtype=np.bool_)
+    last[:, :-1] = first[:, 1:]
+    pos = np.arange(n, dtype=np.float64)
+    start = np.maximum.accumulate(np.where(first, pos, 0.0), axis=1)
+    end = np.minimum.accumulate(np.where(last, pos, n - 1.0)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((k, n))
+    ranks[rows, order] = (start + end) / 2
+    return ranks.reshape(x.shape)
 
 
 def masked_pct_rank(x: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
-    """Percentile ranks in [0, 1] along axis 0 among the rows in ``mask`` (per column,
-    among the finite entries); NaN elsewhere."""
-    cols = x.reshape(len(x), -1)
-    out = np.full(cols.shape, np.nan)
-    sub = cols[mask]
-    finite = np.isfinite(sub)
-    if finite.all():
-        if len(sub):
-            out[mask] = average_ranks(sub) / max(len(sub) - 1, 1) if len(sub) > 1 else 0.5
+    """Percentile ranks in [0, 1] along the last axis among the columns in ``mask`` (per
+    row, among the finite entries); NaN elsewhere. ``x`` is ``[n]`` or ``[k, n]``."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.full(rows.shape, np.nan)
+    sub = rows[:, mask]
+    m = sub.shape[1]
+    if np.isfinite(sub).all():
+        if m:
+            out[:, mask] = average_ranks(sub) / (m - 1) if m > 1 else 0.5
         return out.reshape(x.shape)
-    for j in range(cols.shape[1]):  # rare: a NaN among warm symbols
-        use = mask & np.isfinite(cols[:, j])
+    for j in range(rows.shape[0]):  # rare: a NaN among warm symbols
+        use = mask & np.isfinite(rows[j])
         m = int(use.sum())
         if m:
-            out[use, j] = average_ranks(cols[use, j]) / (m - 1) if m > 1 else 0.5
+            out[j, use] = average_ranks(rows[j, use]) / (m - 1) if m > 1 else 0.5
     return out.reshape(x.shape)
 
 
