@@ -8,6 +8,8 @@ trading window with all features warm, we time:
 * features: ``FeatureEngine.update`` (53 symbols, 51 features);
 * predict: one ``Booster.inplace_predict`` on the 53 rows;
 * features + predict: the two together (the figure the 2 ms p99 target is about);
+* f+p cpu time: process CPU time of features + predict (all threads), which leaves out
+  the time the process sat preempted on a busy machine;
 * on_bars: ``ModelSignalSource.on_bars`` end to end (features, gates, predict, drift
   monitor, 53 ``Signal`` objects, one ``SignalBatch`` published).
 
@@ -64,8 +66,9 @@ def time_features_predict(bars: DenseBars, loaded: LoadedModel, nthread: int) ->
     booster = loaded.booster
     booster.set_param({"nthread": nthread})
     engine = FeatureEngine(bars.symbols)
-    feat, pred, both = [], [], []
+    feat, pred, both, cpu = [], [], [], []
     for batch in bars.batches():
+        c0 = time.process_time_ns()
         t0 = time.perf_counter_ns()
         frame = engine.update(batch)
         t1 = time.perf_counter_ns()
@@ -73,10 +76,14 @@ def time_features_predict(bars: DenseBars, loaded: LoadedModel, nthread: int) ->
             continue
         booster.inplace_predict(frame.values)
         t2 = time.perf_counter_ns()
+        c1 = time.process_time_ns()
         feat.append(t1 - t0)
         pred.append(t2 - t1)
         both.append(t2 - t0)
-    return {"features": _stats(feat), "predict": _stats(pred), "features+predict": _stats(both)}
+        cpu.append(c1 - c0)
+    # CPU time of the process (all threads) leaves out time spent preempted by others.
+    return {"features": _stats(feat), "predict": _stats(pred), "features+predict": _stats(both),
+            "f+p cpu time": _stats(cpu)}
 
 
 def time_on_bars(bars: DenseBars, loaded: LoadedModel, nthread: int) -> dict[str, Any]:
@@ -123,6 +130,9 @@ def main() -> int:
         for stage, s in stages.items():
             print(f"{key.split('=')[1]:<9}{stage:<18}{s['n']:>6}{s['median_us']:>10.0f}"
                   f"{s['p99_us']:>10.0f}{s['max_us']:>10.0f}")
+    # p99 on a shared box is mostly scheduler preemption: record how busy the box was.
+    results["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    print(f"load average (1 min) during the run: {results['loadavg_1m']} on {os.cpu_count()} CPUs")
     target = results["latency"]["nthread=1"]["features+predict"]["p99_us"]
     results["target_p99_us"] = 2000
     results["target_met"] = target < 2000

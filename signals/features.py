@@ -194,6 +194,11 @@ class FeatureEngine:
             gaps=self._gaps.copy(), minute_of_session=minute,
         )
 
+    def warm_symbols(self) -> npt.NDArray[np.bool_]:
+        """Which symbols have enough history for every window."""
+        warm: npt.NDArray[np.bool_] = self._n_bars >= WARMUP_BARS
+        return warm
+
     # -- state ---------------------------------------------------------------------------
 
     def _track_gaps(self, ts: datetime, day: int, ok: npt.NDArray[np.bool_]) -> None:

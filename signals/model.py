@@ -22,7 +22,7 @@ operator has checked; the rest of the daemon is unaffected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -95,9 +95,24 @@ class ModelSignalSource:
         self._alerted: dict[str, Level] = {"model.entropy_collapse": Level.OK,
                                            "model.drift": Level.OK}
         self._unknown_logged: set[str] = set()
+        # The first prediction builds xgboost's predictor caches (tens of ms): pay at load.
+        self._booster.inplace_predict(np.zeros((1, len(FEATURE_NAMES))))
         log.info("model.loaded", path=str(loaded.model_path), symbols=len(self.symbols),
                  features=len(FEATURE_NAMES), trees=self._booster.num_boosted_rounds(),
                  scale=round(self.scale, 4), nthread=cfg.nthread)
+
+    def prime(self, history: Iterable[BarBatch]) -> int:
+        """Feed past bars (e.g. the previous session) through the features only, so live
+        signals need not wait ``WARMUP_BARS`` minutes; returns the batches applied."""
+        n = 0
+        for batch in history:
+            last = self.engine.last_ts
+            if last is None or batch.ts > last:
+                self.engine.update(batch)
+                n += 1
+        log.info("model.primed", batches=n,
+                 warm=int(np.count_nonzero(self.engine.warm_symbols())))
+        return n
 
     def on_bars(self, batch: BarBatch) -> None:
         """Bus handler for ``BarBatch``."""

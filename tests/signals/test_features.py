@@ -7,6 +7,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.events import BarBatch
 from signals.bars import DenseBars
@@ -103,6 +105,22 @@ class TestNoLookAhead:
         np.testing.assert_array_equal(base.values[: cut + 1], moved.values[: cut + 1])
         after = np.nan_to_num(base.values[cut + 1:]) != np.nan_to_num(moved.values[cut + 1:])
         assert after.any()
+
+
+    @settings(max_examples=12, deadline=None)
+    @given(cut=st.integers(min_value=0, max_value=200), seed=st.integers(0, 2**16),
+           drop=st.booleans())
+    def test_any_cut_when_future_changed_or_dropped_then_past_identical(
+        self, sample_bars: DenseBars, cut: int, seed: int, drop: bool
+    ) -> None:
+        bars = sample_bars.slice_rows(0, 220)
+        base = compute_features(bars)
+        if drop:  # the future loses bars instead of changing them
+            moved = compute_features(bars.slice_rows(0, cut + 1))
+        else:
+            moved = compute_features(_perturbed(bars, cut, seed=seed))
+        np.testing.assert_array_equal(base.values[: cut + 1], moved.values[: cut + 1])
+        np.testing.assert_array_equal(base.gaps[: cut + 1], moved.gaps[: cut + 1])
 
 
 class TestFormulas:

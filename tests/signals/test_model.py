@@ -92,6 +92,25 @@ class TestSignals:
         assert runs[0] == runs[1]
 
 
+class TestPrime:
+    def test_prime_when_previous_session_fed_then_signals_from_the_open(
+        self, small_model_dir: Path, sample_bars: DenseBars
+    ) -> None:
+        # Arrange
+        events: list[Event] = []
+        src = _source(small_model_dir, events)
+        day1 = sample_bars.until_day(1)
+        n1 = len(day1)
+        # Act
+        applied = src.prime(day1.batches())
+        _replay(src, sample_bars.slice_rows(n1, n1 + 5))  # 09:29 .. 09:33 of day 2
+        # Assert
+        assert applied == n1
+        batches = _signal_batches(events)
+        assert len(batches) == 4  # 09:30 .. 09:33: no hour of warm-up
+        assert len(batches[0].signals) == len(sample_bars.symbols)
+
+
 class TestFeatureGates:
     def test_feature_when_nan_or_out_of_range_then_only_that_symbol_suppressed(
         self, small_model_dir: Path, sample_bars: DenseBars
