@@ -238,6 +238,11 @@ class FeatureEngine:
     def _update_ema(self, ok: npt.NDArray[np.bool_], c: FloatArray) -> None:
         e = self._ema
         first = ok & np.isnan(e[0])
+        if ok.all() and not first.any():  # the usual bar: same arithmetic, fewer calls
+            e[0] += _EMA_FAST * (c - e[0])
+            e[1] += _EMA_SLOW * (c - e[1])
+            e[2] += _EMA_SIGNAL * ((e[0] - e[1]) / c - e[2])
+            return
         e[0] = np.where(first, c, e[0])
         e[1] = np.where(first, c, e[1])
         e[2] = np.where(first, 0.0, e[2])
@@ -250,8 +255,16 @@ class FeatureEngine:
                         h: FloatArray, lo: FloatArray, c: FloatArray, v: FloatArray) -> None:
         s = self._sess
         new = ok & (self._sday != day)
-        self._sday = np.where(new, day, self._sday)
         tpv = (h + lo + c) / 3 * v
+        if ok.all() and not new.any():  # the usual bar: same arithmetic, fewer calls
+            s[3] += tpv
+            s[4] += v
+            s[5] += c
+            s[6] += 1.0
+            s[1] = np.fmax(s[1], h)
+            s[2] = np.fmin(s[2], lo)
+            return
+        self._sday = np.where(new, day, self._sday)
         for k, reset, add in ((0, o, None), (3, tpv, tpv), (4, v, v), (5, c, c),
                               (6, 1.0, 1.0)):
             s[k] = np.where(new, reset, s[k])
@@ -388,6 +401,9 @@ def masked_pct_rank(x: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
     """Percentile ranks in [0, 1] along the last axis among the columns in ``mask`` (per
     row, among the finite entries); NaN elsewhere. ``x`` is ``[n]`` or ``[k, n]``."""
     rows = x.reshape(-1, x.shape[-1])
+    n = rows.shape[1]
+    if n > 1 and mask.all() and np.isfinite(rows).all():  # the usual bar
+        return (average_ranks(rows) / (n - 1)).reshape(x.shape)
     out = np.full(rows.shape, np.nan)
     sub = rows[:, mask]
     m = sub.shape[1]
