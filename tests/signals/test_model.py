@@ -11,6 +11,7 @@ import pytest
 import xgboost as xgb
 from structlog.testing import capture_logs
 
+from daemon.bus import Bus
 from daemon.clock import ReplayClock
 from daemon.errors import ConfigError
 from daemon.events import AlertRaised, BarBatch, Event, SignalBatch
@@ -186,15 +187,25 @@ class TestDrift:
     def test_constant_predictions_when_window_full_then_entropy_alarm_and_signals_stop(
         self, small_model_dir: Path, sample_bars: DenseBars, tmp_path: Path
     ) -> None:
-        # Arrange
+        # Arrange: a real bus with the model and another BarBatch subscriber
         events: list[Event] = []
-        src = _source(_constant_model(small_model_dir, tmp_path), events,
-                      drift_window_batches=20, drift_min_predictions=150)
+        bus = Bus()
+        cfg = ModelConfig(enabled=True,
+                          model_path=_constant_model(small_model_dir, tmp_path) / MODEL_FILE,
+                          drift_window_batches=20, drift_min_predictions=150)
+        src = ModelSignalSource(cfg, publish=bus.publish, clock=ReplayClock())
+        others: list[BarBatch] = []
+        bus.subscribe(BarBatch, src.on_bars)
+        bus.subscribe(BarBatch, others.append)
+        bus.subscribe(SignalBatch, events.append)
+        bus.subscribe(AlertRaised, events.append)
         bars = sample_bars.until_day(2)
         # Act
         with capture_logs() as logs:
-            _replay(src, bars)
-        # Assert
+            for batch in bars.batches():
+                bus.publish(batch)
+        # Assert: the daemon goes on (bus healthy, other subscribers fed to the end)
+        assert not bus.stopped and len(others) == len(bars)
         alerts = [e for e in events if isinstance(e, AlertRaised)]
         assert alerts and alerts[0].name == "model.entropy_collapse"
         assert alerts[0].severity == "critical" and alerts[0].detail["disabled"] is True
