@@ -61,22 +61,24 @@ class FeatureGate:
         with np.errstate(invalid="ignore"):
             bad_nan = ~np.isfinite(x)
             bad_range = (x < self.low) | (x > self.high)
-        any_nan, any_range = bad_nan.any(axis=1), bad_range.any(axis=1)
         cfg = self.cfg
-        reason = np.select(
-            [frame.stale_bars > cfg.max_stale_bars, frame.gaps > cfg.max_gap_bars,
-             ~frame.warm, any_nan, any_range],
-            [SuppressReason.STALE_DATA, SuppressReason.DATA_GAP, SuppressReason.WARMUP,
-             SuppressReason.FEATURE_NAN, SuppressReason.FEATURE_OUT_OF_RANGE],
-            SuppressReason.NONE,
-        ).astype(np.int8)
-        feature = np.where(reason == SuppressReason.FEATURE_NAN, bad_nan.argmax(axis=1),
-                           np.where(reason == SuppressReason.FEATURE_OUT_OF_RANGE,
-                                    bad_range.argmax(axis=1), -1))
-        if (reason != 0).any():
-            for code, n in enumerate(np.bincount(reason, minlength=len(SuppressReason))):
-                if code and n:
-                    self.counts[SuppressReason(code).name] += int(n)
+        reason = np.zeros(len(x), dtype=np.int8)
+        feature = np.full(len(x), -1, dtype=np.intp)
+        # Lowest precedence first: a later (stronger) reason overwrites an earlier one.
+        for code, hit, cols in (
+            (SuppressReason.FEATURE_OUT_OF_RANGE, bad_range.any(axis=1), bad_range),
+            (SuppressReason.FEATURE_NAN, bad_nan.any(axis=1), bad_nan),
+            (SuppressReason.WARMUP, ~frame.warm, None),
+            (SuppressReason.DATA_GAP, frame.gaps > cfg.max_gap_bars, None),
+            (SuppressReason.STALE_DATA, frame.stale_bars > cfg.max_stale_bars, None),
+        ):
+            if hit.any():
+                reason[hit] = code
+                feature[hit] = cols[hit].argmax(axis=1) if cols is not None else -1
+        if reason.any():
+            for i, n in enumerate(np.bincount(reason, minlength=len(SuppressReason))):
+                if i and n:
+                    self.counts[SuppressReason(i).name] += int(n)
         return GateResult(reason, feature)
 
 
