@@ -33,7 +33,7 @@ from daemon.events import Event
 from signals.artifacts import LoadedModel
 from signals.bars import DenseBars, read_bars_csv
 from signals.config import ModelConfig
-from signals.features import FeatureEngine
+from signals.features import FEATURE_NAMES, FeatureEngine
 from signals.model import ModelSignalSource
 from signals.train import train
 
@@ -65,6 +65,7 @@ def fit(bars: DenseBars) -> tuple[LoadedModel, dict[str, float]]:
 def time_features_predict(bars: DenseBars, loaded: LoadedModel, nthread: int) -> dict[str, Any]:
     booster = loaded.booster
     booster.set_param({"nthread": nthread})
+    booster.inplace_predict(np.zeros((1, len(FEATURE_NAMES))))  # one-time predictor setup
     engine = FeatureEngine(bars.symbols)
     feat, pred, both, cpu = [], [], [], []
     for batch in bars.batches():

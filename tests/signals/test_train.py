@@ -63,6 +63,15 @@ class TestTrainCli:
         assert meta["report"]["test"]["rows"] > 0
         load_model_dir(tmp_path / "model" / MODEL_FILE)
 
+    def test_random_walk_when_trained_then_held_out_shows_no_skill(self, tmp_path: Path) -> None:
+        """A leak (features seeing the label's future) would show up as skill here."""
+        csv = tmp_path / "bars.csv"
+        write_synthetic_csv(csv, symbols=50, days=2, seed=3)
+        assert main(["--bars", str(csv), "--out", str(tmp_path / "m"), "--small"]) == 0
+        test = json.loads((tmp_path / "m" / METADATA_FILE).read_text())["report"]["test"]
+        assert abs(test["auc"] - 0.5) < 0.03
+        assert abs(test["rank_ic"]["mean_ic"]) < 0.05
+
     def test_train_until_when_after_last_day_then_exit_code_2(self, tmp_path: Path) -> None:
         csv = tmp_path / "bars.csv"
         write_synthetic_csv(csv, symbols=10)
