@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.errors import ConfigError
-from signals.features import FEATURE_NAMES
+from signals.features import FEATURE_NAMES, FEATURE_VERSION
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -64,6 +64,10 @@ def load_model_dir(model_path: Path, features_path: Path | None = None,
         raise ConfigError("signals.model.metadata_path", str(metadata_path),
                           f"metadata.json of format {FORMAT_VERSION} written by signals.train")
     _check_features("signals.model.metadata_path", metadata.get("feature_names"))
+    if metadata.get("feature_version") != FEATURE_VERSION:
+        raise ConfigError(
+            "signals.model.metadata_path", f"feature_version {metadata.get('feature_version')}",
+            f"features of version {FEATURE_VERSION} (the formulas changed: retrain the model)")
     import xgboost as xgb
 
     if not model_path.is_file():

@@ -1,9 +1,10 @@
 """Per-symbol, per-bar features from OHLCV, one implementation for training and live.
 
-``FeatureEngine`` is a state machine over the cross-section: it keeps, per symbol, ring
-buffers of the last ``WINDOW`` bars (arrays of shape ``[n_symbols, WINDOW]``), MACD
-EMAs and session accumulators, and turns each new timestamp's bars into one feature row
-per symbol. Everything is vectorised across symbols; there is no per-symbol Python loop.
+``FeatureEngine`` is a state machine over the cross-section: it keeps, per symbol,
+sliding windows of the last ``WINDOW`` bars (arrays of shape ``[n_symbols, WINDOW]``,
+shifted per symbol only when that symbol has a bar), MACD EMAs and session
+accumulators, and turns each new timestamp's bars into one feature row per symbol.
+Everything is vectorised across symbols; there is no per-symbol Python loop.
 
 The batch path (``compute_features``) runs the very same state machine over a whole
 history, so training and live features agree by construction and nothing can look
@@ -15,7 +16,8 @@ state untouched; the frame reports it as not present, counts consecutive absence
 comes more than one bar interval after the previous one in the same session counts as
 missed bars for every symbol.
 
-``FEATURE_NAMES`` is the ordered contract with the model.
+``FEATURE_NAMES`` is the ordered contract with the model; ``FEATURE_VERSION`` changes
+whenever a formula changes without a name changing, so old models refuse to load.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"rank_{n}" for n in RANKED),
 )
 N_FEATURES = len(FEATURE_NAMES)
+FEATURE_VERSION = 1
 
-# Per-bar series kept in one [series, symbol, bar] ring (each bar's values are computed
+# Per-bar series kept in one [series, symbol, bar] window (each bar's values are computed
 # once, when it arrives), plus the close-centred series recomputed every bar.
 _STORED = ("r", "r2", "rpos", "rng", "lnhl2", "lv", "lv2", "v", "sv", "tpv", "ill")
 _SERIES = (*_STORED, "cd", "cd2")

@@ -32,6 +32,7 @@ from signals.bars import DenseBars, read_bars_csv
 from signals.config import ModelConfig
 from signals.features import (
     FEATURE_NAMES,
+    FEATURE_VERSION,
     SESSION_CLOSE_MINUTE,
     SESSION_OPEN_MINUTE,
     FeatureSet,
@@ -139,6 +140,7 @@ def train(bars: DenseBars, args: argparse.Namespace) -> tuple[dict[str, Any], An
               for k in ("train", "validation", "test")}
     meta = {
         "format": FORMAT_VERSION, "feature_names": list(FEATURE_NAMES),
+        "feature_version": FEATURE_VERSION,
         "created_by": "signals.train", "xgboost_version": xgb.__version__,
         "symbols": list(bars.symbols), "horizon": args.horizon, "label": args.label,
         "bars": str(args.bars), "ranges": _ranges(bars, seg),

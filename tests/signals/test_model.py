@@ -240,6 +240,17 @@ class TestModelLoading:
         with pytest.raises(ConfigError, match=r"first difference at position 3"):
             load_model_dir(tmp_path / MODEL_FILE)
 
+    def test_metadata_when_feature_version_old_then_refuses(
+        self, small_model_dir: Path, tmp_path: Path
+    ) -> None:
+        for name in ("features.json", MODEL_FILE):
+            (tmp_path / name).write_bytes((small_model_dir / name).read_bytes())
+        meta = json.loads((small_model_dir / METADATA_FILE).read_text())
+        meta["feature_version"] = 0
+        (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match="retrain"):
+            load_model_dir(tmp_path / MODEL_FILE)
+
     def test_booster_when_trained_on_other_features_then_refuses(
         self, small_model_dir: Path, tmp_path: Path
     ) -> None:
