@@ -72,6 +72,12 @@ _SUM_MATRIX = np.zeros((WINDOW, len(_SUM_WINDOWS)))
 for _j, _k in enumerate(_SUM_WINDOWS):
     _SUM_MATRIX[-_k:, _j] = 1.0
 _EMA_FAST, _EMA_SLOW, _EMA_SIGNAL = 2 / 13, 2 / 27, 2 / 10
+_COL = {name: j for j, name in enumerate(FEATURE_NAMES)}
+_RET_LAGS = np.array([-1 - k for k in RET_WINDOWS])
+_RV_IX, _RV_K = [_K[k] for k in RV_WINDOWS], np.array(RV_WINDOWS, dtype=np.float64)
+_RSI_IX = [_K[14], _K[30]]
+_VOLZ_IX, _VOLZ_K = [_K[30], _K[60]], np.array([30.0, 60.0])
+_RANKED_IX = [_COL[name] for name in RANKED]
 _Sums = Callable[[str, int], FloatArray]  # trailing-window sum of a named series
 
 
@@ -279,11 +285,11 @@ class FeatureEngine:
     # -- features ------------------------------------------------------------------------
 
     def _compute(self, ok: npt.NDArray[np.bool_], minute: int) -> FloatArray:
-        f: dict[str, FloatArray] = {}
+        out = np.empty((len(self.symbols), N_FEATURES))
         with np.errstate(divide="ignore", invalid="ignore"):
-            self._single_symbol(f, minute)
-            self._cross_section(f, ok & (self._n_bars >= WARMUP_BARS))
-        return np.stack([f[name] for name in FEATURE_NAMES], axis=1)
+            self._single_symbol(out, minute)
+            self._cross_section(out, ok & (self._n_bars >= WARMUP_BARS))
+        return out
 
     def _window_sums(self) -> tuple[FloatArray, FloatArray]:
         """Trailing sums ``S[series, symbol, _K[k]]`` over the last k bars, and returns.
@@ -296,76 +302,73 @@ class FeatureEngine:
         centred = (np.stack((cd, cd * cd)).reshape(-1, WINDOW) @ _SUM_MATRIX).reshape(2, n, -1)
         return np.concatenate((stored, centred)), self._ser[_S["r"]]
 
-    def _single_symbol(self, f: dict[str, FloatArray], minute: int) -> None:
+    def _single_symbol(self, out: FloatArray, minute: int) -> None:
         sums, r = self._window_sums()
 
         def s(name: str, k: int) -> FloatArray:
             return sums[_S[name], :, _K[k]]
 
-        lc, c_buf, h, lo = self._lc, self._c, self._h, self._l
-        c = c_buf[:, -1]
-        for k in RET_WINDOWS:
-            f[f"ret_{k}"] = lc[:, -1] - lc[:, -1 - k]
-        for k in RV_WINDOWS:
-            var = (s("r2", k) - s("r", k) ** 2 / k) / (k - 1)
-            f[f"rv_{k}"] = np.sqrt(np.maximum(var, 0.0))
-        f["rv_ratio_5_60"] = _ratio(f["rv_5"], f["rv_60"], 1.0)
-        f["range_1"] = (h[:, -1] - lo[:, -1]) / c
-        f["range_mean_15"] = s("rng", 15) / 15
-        f["parkinson_30"] = np.sqrt(s("lnhl2", 30) / 30 / (4 * np.log(2)))
-        f["clv_1"] = _ratio(c - lo[:, -1], h[:, -1] - lo[:, -1], 0.5)
+        def put(name: str, value: FloatArray | float) -> None:
+            out[:, _COL[name]] = value
+
+        lc, h, lo, sess = self._lc, self._h, self._l, self._sess
+        c = self._c[:, -1]
+        # Windows of one kind side by side: one numpy call per block, not per window.
+        out[:, _COL["ret_1"]:_COL["ret_1"] + len(RET_WINDOWS)] = lc[:, -1:] - lc[:, _RET_LAGS]
+        s1, s2 = sums[_S["r"]][:, _RV_IX], sums[_S["r2"]][:, _RV_IX]
+        rv = np.sqrt(np.maximum((s2 - s1 * s1 / _RV_K) / (_RV_K - 1), 0.0))
+        out[:, _COL["rv_5"]:_COL["rv_5"] + len(RV_WINDOWS)] = rv
+        put("rv_ratio_5_60", _ratio(rv[:, 0], rv[:, -1], 1.0))
+        put("range_1", (h[:, -1] - lo[:, -1]) / c)
+        put("range_mean_15", s("rng", 15) / 15)
+        put("parkinson_30", np.sqrt(s("lnhl2", 30) / 30 / (4 * np.log(2))))
+        put("clv_1", _ratio(c - lo[:, -1], h[:, -1] - lo[:, -1], 0.5))
         for k in (30, 60):
             lo_k, hi_k = lo[:, -k:].min(axis=1), h[:, -k:].max(axis=1)
-            f[f"stoch_{k}"] = _ratio(c - lo_k, hi_k - lo_k, 0.5)
-        for k in (14, 30):
-            up = s("rpos", k)
-            down = np.maximum(up - s("r", k), 0.0)
-            f[f"rsi_{k}"] = _ratio(up, up + down, 0.5)
+            put(f"stoch_{k}", _ratio(c - lo_k, hi_k - lo_k, 0.5))
+        up = sums[_S["rpos"]][:, _RSI_IX]
+        down = np.maximum(up - sums[_S["r"]][:, _RSI_IX], 0.0)
+        out[:, _COL["rsi_14"]:_COL["rsi_14"] + 2] = _ratio(up, up + down, 0.5)
         macd = (self._ema[0] - self._ema[1]) / c
-        f["macd"], f["macd_signal"], f["macd_hist"] = macd, self._ema[2], macd - self._ema[2]
-        lv_now = self._ser[_S["lv"], :, -1]
-        v_now = self._ser[_S["v"], :, -1]
-        for k in (30, 60):
-            m = s("lv", k) / k
-            sd = np.sqrt(np.maximum(s("lv2", k) / k - m * m, 0.0))
-            f[f"vol_z_{k}"] = _ratio(lv_now - m, sd, 0.0)
-        f["vol_ratio_15"] = _ratio(v_now, s("v", 15) / 15, 1.0)
-        f["flow_15"] = _ratio(s("sv", 15), s("v", 15), 0.0)
-        self._price_levels(f, s, c)
-        f["minute_of_session"] = np.full(len(c), float(minute))
-        sess = self._sess
-        f["ret_session"] = np.log(c / sess[0])
-        f["dist_session_high"] = np.log(c / sess[1])
-        f["dist_session_low"] = np.log(c / sess[2])
-        f["autocorr_30"] = _autocorr(r[:, -30:], r[:, -31:-1])
-        f["amihud_30"] = np.log1p(s("ill", 30) / 30 * 1e9)
-        f["maxabs_ret_15"] = np.abs(r[:, -15:]).max(axis=1)
+        put("macd", macd)
+        put("macd_signal", self._ema[2])
+        put("macd_hist", macd - self._ema[2])
+        m = sums[_S["lv"]][:, _VOLZ_IX] / _VOLZ_K
+        sd = np.sqrt(np.maximum(sums[_S["lv2"]][:, _VOLZ_IX] / _VOLZ_K - m * m, 0.0))
+        lv_now = self._ser[_S["lv"], :, -1:]
+        out[:, _COL["vol_z_30"]:_COL["vol_z_30"] + 2] = _ratio(lv_now - m, sd, 0.0)
+        put("vol_ratio_15", _ratio(self._ser[_S["v"], :, -1], s("v", 15) / 15, 1.0))
+        put("flow_15", _ratio(s("sv", 15), s("v", 15), 0.0))
+        self._price_levels(out, s, c)
+        put("minute_of_session", float(minute))
+        out[:, _COL["ret_session"]:_COL["ret_session"] + 3] = np.log(c[:, None] / sess[:3].T)
+        put("autocorr_30", _autocorr(r[:, -30:], r[:, -31:-1]))
+        put("amihud_30", np.log1p(s("ill", 30) / 30 * 1e9))
+        put("maxabs_ret_15", np.abs(r[:, -15:]).max(axis=1))
 
-    def _price_levels(self, f: dict[str, FloatArray], s: _Sums, c: FloatArray) -> None:
+    def _price_levels(self, out: FloatArray, s: _Sums, c: FloatArray) -> None:
         sma = {k: c + s("cd", k) / k for k in (10, 20, 30, 60)}
         for k in (10, 30, 60):
-            f[f"sma_dist_{k}"] = np.log(c / sma[k])
-        f["sma_slope_10_30"] = np.log(sma[10] / sma[30])
+            out[:, _COL[f"sma_dist_{k}"]] = np.log(c / sma[k])
+        out[:, _COL["sma_slope_10_30"]] = np.log(sma[10] / sma[30])
         m20 = s("cd", 20) / 20
         sd20 = np.sqrt(np.maximum(s("cd2", 20) / 20 - m20 * m20, 0.0))
-        f["boll_z_20"] = _ratio(-m20, sd20, 0.0)
+        out[:, _COL["boll_z_20"]] = _ratio(-m20, sd20, 0.0)
         sess = self._sess
         vwap = np.where(sess[4] > 0, sess[3] / sess[4], sess[5] / sess[6])
-        f["vwap_dist_session"] = np.log(c / vwap)
+        out[:, _COL["vwap_dist_session"]] = np.log(c / vwap)
         v30 = s("v", 30)
-        f["vwap_dist_30"] = np.where(v30 > 0, np.log(c * v30 / s("tpv", 30)),
-                                     f["sma_dist_30"])
+        out[:, _COL["vwap_dist_30"]] = np.where(v30 > 0, np.log(c * v30 / s("tpv", 30)),
+                                                out[:, _COL["sma_dist_30"]])
 
-    def _cross_section(self, f: dict[str, FloatArray], part: npt.NDArray[np.bool_]) -> None:
+    def _cross_section(self, out: FloatArray, part: npt.NDArray[np.bool_]) -> None:
         for k in (1, 15):
-            x = f[f"ret_{k}"]
+            x = out[:, _COL[f"ret_{k}"]]
             use = part & np.isfinite(x)
-            mean = x[use].mean() if use.any() else np.nan
-            f[f"mkt_ret_{k}"] = np.full(len(x), mean)
-        f["rel_ret_15"] = f["ret_15"] - f["mkt_ret_15"]
-        ranks = masked_pct_rank(np.stack([f[name] for name in RANKED]), part)
-        for j, name in enumerate(RANKED):
-            f[f"rank_{name}"] = ranks[j]
+            out[:, _COL[f"mkt_ret_{k}"]] = x[use].mean() if use.any() else np.nan
+        out[:, _COL["rel_ret_15"]] = out[:, _COL["ret_15"]] - out[:, _COL["mkt_ret_15"]]
+        ranked = masked_pct_rank(out[:, _RANKED_IX].T, part)
+        out[:, _COL["rank_" + RANKED[0]]:_COL["rank_" + RANKED[0]] + len(RANKED)] = ranked.T
 
 
 def _ratio(num: FloatArray, den: FloatArray, fallback: float) -> FloatArray:

@@ -134,6 +134,7 @@ class TestFormulas:
         for i in range(len(bars.symbols)):
             have = np.isfinite(bars.close[:, i])
             df = pd.DataFrame({
+                "day": bars.ny_dates()[have],
                 "o": bars.open[have, i], "h": bars.high[have, i], "l": bars.low[have, i],
                 "c": bars.close[have, i], "v": bars.volume[have, i],
             })
@@ -155,7 +156,13 @@ def _pandas_reference(df: pd.DataFrame) -> dict[str, pd.Series]:
     lv = np.log1p(df["v"])
     sma20 = df["c"].rolling(20).mean()
     lo30, hi30 = df["l"].rolling(30).min(), df["h"].rolling(30).max()
+    by_day = df.groupby("day")
     return {
+        "ret_session": np.log(df["c"] / by_day["o"].transform("first")),
+        "dist_session_high": np.log(df["c"] / by_day["h"].cummax()),
+        "rv_60": r.rolling(60).std(),
+        "rsi_30": r.clip(lower=0).rolling(30).sum() / r.abs().rolling(30).sum(),
+        "vol_z_60": (lv - lv.rolling(60).mean()) / lv.rolling(60).std(ddof=0),
         "ret_5": lc - lc.shift(5),
         "ret_60": lc - lc.shift(60),
         "rv_30": r.rolling(30).std(),
