@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -152,7 +153,13 @@ class Daemon:
             bus.subscribe(BarBatch, on_bars)
         bus.subscribe(BarBatch, self.portfolio.on_bars)
         bus.subscribe(BarBatch, self._count_batch)
-        if cfg.signals.demo.enabled and not cfg.signals.model.enabled:
+        if cfg.signals.model.enabled:
+            from signals.model import ModelSignalSource  # imports xgboost: only when used
+
+            self.model = ModelSignalSource(cfg.signals.model, publish=bus.publish,
+                                           clock=self.clock)
+            bus.subscribe(BarBatch, self.model.on_bars)
+        elif cfg.signals.demo.enabled:
             bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
         bus.subscribe(SignalBatch, self.sizer.on_signals)
         wire_risk(bus, gate=self.gate, state=self.risk_state, monitor=self.monitor)
@@ -211,6 +218,10 @@ class Daemon:
         try:
             async with self.broker, self.orders, self.control, self._live_feed():
                 await self._start_books()
+                # Everything built at start-up lives all day: move it out of the cyclic GC's
+                # way (full collections over it cost tens of ms on the hot path).
+                gc.collect()
+                gc.freeze()
                 tasks = self._start_tasks()
                 self.notifier.ready(f"trading {self.settings.broker.kind}")
                 log.info("daemon.ready", broker=self.broker.name, state_dir=str(self.state_dir))

@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
 
+    from signals import train
+
+    p = sub.add_parser("train", help="train the XGBoost signal model on minute bars")
+    train.add_arguments(p)
+    p.set_defaults(func=train.run)
+
     for name, help_text, arg_names in _OPERATOR_COMMANDS:
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p)
