@@ -227,6 +227,11 @@ class Daemon:
                 log.info("daemon.ready", broker=self.broker.name, state_dir=str(self.state_dir))
                 await self._stop.wait()
                 await self._shutdown(tasks)
+            # Reports a broker handed over while closing its streams are applied by now:
+            # only then are the books final.
+            await asyncio.sleep(0)
+            self.write_status()
+            log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
         finally:
             self.notifier.stopping()
             self.notifier.close()
@@ -365,15 +370,16 @@ class Daemon:
             if t.get_name() == "feed.replay":
                 t.cancel()
         try:
+            # In-flight work finishes within the bound: orders reach the broker, and
+            # market orders and unacknowledged ones get their outcome.
             async with asyncio.timeout(grace):
-                await self.orders.drained()
+                await self.orders.settled()
         except TimeoutError:
-            log.warning("daemon.shutdown_timeout", grace_secs=grace)
+            log.warning("daemon.shutdown_timeout", grace_secs=grace,
+                        in_flight=self.orders.in_flight())
         for t in [*tasks, *self._side_tasks]:
             t.cancel()
         await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
-        self.write_status()
-        log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
 
     # -- status --------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from daemon.events import (
     OrderSubmitted,
     SubmitOrder,
 )
+from daemon.model import OrderType
 from daemon.orders import Order, OrderStatus
 from daemon.time import trading_day
 
@@ -78,6 +79,7 @@ class OrderManager:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._reported = asyncio.Event()  # set whenever a report changed an order
         self._in_flight = 0
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -112,6 +114,19 @@ class OrderManager:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def in_flight(self) -> int:
+        """Orders whose outcome is imminent: not yet acknowledged, or market orders still
+        open (their fills are on the way). Resting limit/stop orders are not counted."""
+        return sum(1 for o in self.open_orders()
+                   if o.status is OrderStatus.PENDING_NEW or o.order_type is OrderType.MARKET)
+
+    async def settled(self) -> None:
+        """Wait until every order has reached the broker and no outcome is imminent."""
+        await self.drained()
+        while self.in_flight():
+            self._reported.clear()
+            await self._reported.wait()
 
     async def drained(self) -> None:
         """Wait until every handed-over order has reached the broker (or failed)."""
@@ -194,6 +209,7 @@ class OrderManager:
             return
         if not order.is_open:
             self._open.get(order.symbol, {}).pop(order.client_order_id, None)
+        self._reported.set()
         self._log_report(order, event)
         self._publish(event)
 

@@ -114,3 +114,49 @@ class TestSecretScrubbing:
         structlog.get_logger("test").info("x", note="abc")
 
         assert lines(stream)[0]["note"] == "abc"
+
+
+class TestConcurrentWriters:
+    def test_log_when_sdk_threads_and_loop_write_at_once_then_every_line_is_whole_json(
+        self,
+    ) -> None:
+        import io
+        import json
+        import logging
+        import threading
+
+        import structlog
+
+        from daemon import logging as dlog
+
+        class SlowStream(io.StringIO):
+            # write in two halves, as print() does, to widen any interleaving window
+            def write(self, s: str) -> int:
+                half = len(s) // 2
+                super().write(s[:half])
+                return super().write(s[half:]) + half
+
+        stream = SlowStream()
+        dlog.configure("info", stream=stream, json=True)
+        try:
+            sdk = logging.getLogger("alpaca.trading.stream")
+
+            def sdk_thread() -> None:
+                for i in range(300):
+                    sdk.warning("websocket error %d", i)
+
+            threads = [threading.Thread(target=sdk_thread) for _ in range(3)]
+            for t in threads:
+                t.start()
+            log = structlog.get_logger("test")
+            for i in range(900):
+                log.info("order.filled", n=i)
+            for t in threads:
+                t.join()
+        finally:
+            structlog.reset_defaults()
+            logging.getLogger().handlers[:] = []
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 1800
+        parsed = [json.loads(line) for line in lines]  # raises on any interleaved line
+        assert sum(1 for p in parsed if p["event"] == "order.filled") == 900
