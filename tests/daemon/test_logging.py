@@ -124,16 +124,19 @@ class TestConcurrentWriters:
         import json
         import logging
         import threading
+        import time
 
         import structlog
 
         from daemon import logging as dlog
 
         class SlowStream(io.StringIO):
-            # write in two halves, as print() does, to widen any interleaving window
+            # write in two halves and let other threads run in between: any writer that
+            # does not hold one lock across a whole line gets interleaved here
             def write(self, s: str) -> int:
                 half = len(s) // 2
                 super().write(s[:half])
+                time.sleep(0)
                 return super().write(s[half:]) + half
 
         stream = SlowStream()
