@@ -5,6 +5,13 @@ Flow: bar batch -> (paper broker matching) -> portfolio marks -> signal sources 
 ``SignalBatch`` -> sizing -> ``PlaceOrder`` -> gate -> ``SubmitOrder`` -> order manager ->
 broker -> reports -> order manager -> ``OrderFilled`` -> portfolio.
 
+Durability: every state-changing event is journaled (``daemon.journal``); each order
+intent is fsynced there before it reaches the broker. At start the session is rebuilt
+from the journal and reconciled with the broker (``daemon.recovery``) before the feed
+starts; ``ready`` stays False until then, and again while a reconnected broker is being
+reconciled (``daemon.reconcile``). A replay restarted on the same state directory resumes
+after the last bar it journaled.
+
 Tasks owned (all named): ``feed.replay`` (or the live feed), ``bus.pump`` (drains the
 inbox of broker/MQTT/live-bar messages), ``orders.submit``, ``timers`` (live),
 ``sdnotify.watchdog``. Any task failing, or any handler raising, stops the daemon in
@@ -47,10 +54,14 @@ from daemon.events import (
     RiskTick,
     SignalBatch,
     SubmitOrder,
+    TradingStateChanged,
 )
 from daemon.execution import OrderManager
 from daemon.feed import BarTape, Pacer
 from daemon.inbox import Inbox
+from daemon.journal import JOURNAL_FILE, Journal
+from daemon.reconcile import Reconciler, books_snapshot
+from daemon.recovery import EquityMarker, Recovered, recover
 from daemon.sdnotify import Notifier
 from daemon.stats import SessionStats
 from portfolio import Portfolio
@@ -71,6 +82,7 @@ class Daemon:
         *,
         broker: Broker | None = None,
         environ: dict[str, str] | None = None,
+        journaling: bool = True,
     ) -> None:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
@@ -88,8 +100,19 @@ class Daemon:
                                               sink=self._on_broker_event,
                                               state_dir=self.state_dir)
         self.portfolio = Portfolio(settings.broker.paper.initial_cash, publish=self.bus.publish)
+        # journaling=False exists for the journal benchmark only: no journal, no recovery.
+        self.journal = (Journal(self.state_dir / JOURNAL_FILE, clock=self.clock)
+                        if journaling else None)
         self.orders = OrderManager(self.broker, clock=self.clock, publish=self.bus.publish,
-                                   submit_timeout=settings.daemon.execution_timeout_secs)
+                                   submit_timeout=settings.daemon.execution_timeout_secs,
+                                   on_intent=self.journal.record_intent if self.journal else None)
+        self.reconciler = Reconciler(
+            self.broker, orders=self.orders, portfolio=self.portfolio, clock=self.clock,
+            publish=self.bus.publish, journal=self.journal,
+            trading_state=lambda: self.trading_state, on_failure=self._on_component_failure,
+            grace_secs=settings.daemon.execution_timeout_secs)
+        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock)
+        self.recovered: Recovered | None = None
         self.sizer = Sizer(settings.risk, equity=self.portfolio.equity,
                            holding=self._holding, send=self.bus.send)
         self.timers = Timers(self.clock, self.bus.publish)
@@ -104,6 +127,8 @@ class Daemon:
 
     def _wire(self) -> None:
         bus, cfg = self.bus, self.settings
+        if self.journal is not None:
+            self.journal.attach(bus)
         on_bars = getattr(self.broker, "on_bars", None)
         if on_bars is not None:  # the paper broker matches orders against each bar first
             bus.subscribe(BarBatch, on_bars)
@@ -117,7 +142,10 @@ class Daemon:
         bus.register(CancelOrder, self.orders.execute_cancel)
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
         bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        bus.subscribe(RiskTick, self.marker.on_tick)
         bus.subscribe(RiskTick, self._on_risk_tick)
+        bus.subscribe(TradingStateChanged, self._on_trading_state)
+        self.reconciler.attach(bus)
         self.stats.attach(bus)
         self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
                           lambda ts: ReconcileTick(ts=ts))
@@ -138,8 +166,21 @@ class Daemon:
         self._fatal = failure
         self.request_stop(f"handler failed: {failure}")
 
+    def _on_component_failure(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self.request_stop(f"component failed: {exc!r}")
+
     def _on_risk_tick(self, tick: RiskTick) -> None:
         self.write_status()
+
+    def _on_trading_state(self, event: TradingStateChanged) -> None:
+        self.trading_state = event.new
+
+    @property
+    def ready(self) -> bool:
+        """True once the books are reconciled with the broker (the gate denies
+        ``RECONCILING`` while False)."""
+        return self.reconciler.ready
 
     # -- run -----------------------------------------------------------------------------
 
@@ -156,7 +197,12 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
-            async with self.broker, self.orders, self.control:
+            async with contextlib.AsyncExitStack() as stack:
+                # The journal is entered first so it is closed (flushed) last.
+                if self.journal is not None:
+                    await stack.enter_async_context(self.journal)
+                for component in (self.broker, self.orders, self.reconciler, self.control):
+                    await stack.enter_async_context(component)
                 await self._start_books()
                 tasks = self._start_tasks()
                 self.notifier.ready(f"trading {self.settings.broker.kind}")
@@ -182,11 +228,24 @@ class Daemon:
                  state_dir=str(d.state_dir), pid=os.getpid())
 
     async def _start_books(self) -> None:
-        """The broker is the source of truth for cash and positions at start."""
-        account = await self.broker.account()
-        self.portfolio.restore(account.cash, await self.broker.positions())
-        log.info("portfolio.restored", cash=str(account.cash), equity=str(account.equity),
-                 positions=len(self.portfolio.positions))
+        """Rebuild the session from the journal and reconcile it with the broker (the
+        source of truth for cash and positions) before any signal is accepted."""
+        if self.journal is None:
+            account = await self.broker.account()
+            self.portfolio.restore(account.cash, await self.broker.positions())
+            await self.reconciler.reconcile("start", gate=True, startup=True)
+        else:
+            self.journal.append("SessionStarted", {"pid": os.getpid(),
+                                                   "mode": self.settings.daemon.mode,
+                                                   "broker": self.broker.name}, durable=True)
+            self.recovered = await recover(
+                journal=self.journal, broker=self.broker, orders=self.orders,
+                portfolio=self.portfolio, stats=self.stats, marker=self.marker,
+                reconciler=self.reconciler, clock=self.clock)
+            if self.recovered.trading_state and self.trading_state == "ACTIVE":
+                self.trading_state = self.recovered.trading_state
+        log.info("portfolio.restored", cash=str(self.portfolio.cash),
+                 equity=str(self.portfolio.equity()), positions=len(self.portfolio.positions))
 
     def _start_tasks(self) -> list[asyncio.Task[None]]:
         tasks = [
@@ -236,9 +295,17 @@ class Daemon:
         interval = tape.interval
         log.info("feed.replay_start", batches=len(tape), rows=tape.rows,
                  symbols=len(tape.symbols))
+        resume = self.recovered.resume_after if self.recovered else None
+        skipped = 0
         for batch in tape.batches():
             if self._stop.is_set():
                 return
+            if resume is not None and batch.ts + interval <= resume:
+                skipped += 1  # journaled before a restart: this session already saw it
+                continue
+            if skipped:
+                log.info("feed.replay_resume", skipped=skipped, at=batch.ts.isoformat())
+                skipped = 0
             await pacer.wait_for(batch.ts)
             self.clock.set(batch.ts + interval)
             self.on_bar_batch(batch)
@@ -274,6 +341,12 @@ class Daemon:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.journal is not None and self.journal.is_open:
+            now = self.clock.now()
+            self.marker.mark(now)
+            self.journal.append("BooksSnapshot", books_snapshot(self.portfolio), ts=now)
+            self.journal.append("SessionStopped", {"reason": self._stop_reason}, ts=now,
+                                durable=True)
         self.write_status()
         log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
 
@@ -295,6 +368,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return {
             "trading_state": self.trading_state,
+            "ready": self.ready,
             "mode": self.settings.daemon.mode,
             "broker": self.broker.name,
             "clock": self.clock.now().isoformat(),
@@ -304,7 +378,8 @@ class Daemon:
                  "qty": o.qty, "filled_qty": o.filled_qty, "status": str(o.status)}
                 for o in self.orders.open_orders()
             ],
-            "counters": {**self.stats.as_dict(), "orders_today": self.orders.orders_today()},
+            "counters": {**self.stats.as_dict(), "orders_today": self.orders.orders_today(),
+                         **self.marker.counters()},
         }
 
     async def _ctl_status(self, args: dict[str, Any]) -> dict[str, Any]:
