@@ -243,7 +243,7 @@ class OrderManager:
                      filled_qty=order.filled_qty, order_qty=order.qty)
         else:
             log.info("order.status", client_order_id=order.client_order_id,
-                     status=str(order.status), event=type(event).__name__)
+                     status=str(order.status), event_type=type(event).__name__)
 
     def _spawn(self, coro: object, name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]

@@ -241,8 +241,10 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._orders.drained(), self._drain_timeout)
         snap = await self._snapshot()
+        views = await self._broker_views(snap, report)
+        self._settle_acks(views, report, startup=startup)  # acks first: they carry ids
         self._apply_fills(snap.fills, report)
-        await self._settle_orders(snap, report, startup=startup)
+        self._settle_statuses(views, report)
         drift = self._compare_books(snap)
         if drift:
             # A fill between two REST calls looks like drift: look again before judging.
@@ -301,20 +303,38 @@ class Reconciler:
             report.add(EXPLAINED, "missed_fill", client_order_id=bf.client_order_id,
                        symbol=bf.symbol, broker=bf)
 
-    async def _settle_orders(self, snap: _Snapshot, report: ReconcileReport, *,
-                             startup: bool) -> None:
+    async def _broker_views(self, snap: _Snapshot,
+                            report: ReconcileReport) -> dict[str, BrokerOrder | None]:
+        """The broker's view of every order open in the books (None: it has none)."""
         for cid, theirs in snap.open_orders.items():
             if cid not in self._orders.orders:
                 report.add(UNEXPLAINED, "unknown_order", client_order_id=cid,
                            symbol=theirs.symbol, broker=theirs,
                            note="an open order the daemon never placed")
+        views: dict[str, BrokerOrder | None] = {}
         for order in self._orders.open_orders():
-            bo: BrokerOrder | None = snap.open_orders.get(order.client_order_id)
-            if bo is None:
-                bo = await self._broker.get_order(order.client_order_id)
+            cid = order.client_order_id
+            views[cid] = snap.open_orders.get(cid) or await self._broker.get_order(cid)
+        return views
+
+    def _settle_acks(self, views: dict[str, BrokerOrder | None], report: ReconcileReport, *,
+                     startup: bool) -> None:
+        now = self._clock.now()
+        for cid, bo in views.items():
+            order = self._orders.orders[cid]
             if bo is None:
                 self._missing(order, report, startup=startup)
-            else:
+                continue
+            for event in reports_for(bo, order, now):
+                self._orders.on_report(event)
+                report.add(EXPLAINED, "missed_ack", client_order_id=cid, symbol=order.symbol,
+                           broker=str(bo.status))
+
+    def _settle_statuses(self, views: dict[str, BrokerOrder | None],
+                         report: ReconcileReport) -> None:
+        for cid, bo in views.items():
+            order = self._orders.orders[cid]
+            if bo is not None and order.is_open:
                 self._settle(order, bo, report)
 
     def _missing(self, order: Order, report: ReconcileReport, *, startup: bool) -> None:
@@ -334,16 +354,12 @@ class Reconciler:
 
     def _settle(self, order: Order, bo: BrokerOrder, report: ReconcileReport) -> None:
         cid, now = order.client_order_id, self._clock.now()
-        for event in reports_for(bo, order, now):
-            self._orders.on_report(event)
-            report.add(EXPLAINED, "missed_ack", client_order_id=cid, symbol=order.symbol,
-                       broker=str(bo.status))
         if bo.filled_qty != order.filled_qty:
             report.add(IN_FLIGHT, "fill_gap", client_order_id=cid, symbol=order.symbol,
                        local=order.filled_qty, broker=bo.filled_qty)
             return
         make = _TERMINAL_EVENT.get(bo.status)
-        if order.is_open and bo.status in TERMINAL and make is not None:
+        if bo.status in TERMINAL and make is not None:
             self._orders.on_report(make(cid, now))
             report.add(EXPLAINED, "missed_status", client_order_id=cid, symbol=order.symbol,
                        local=str(order.status), broker=str(bo.status))

@@ -94,6 +94,8 @@ def load_state(journal: Journal) -> JournalState:
             r.payload["fill"] for r in journal.rows(types=("OrderFilled",), after_seq=snap.seq)]
     mark = journal.last("EquityMark")
     state.last_mark = mark.payload if mark else None
+    if state.books is not None and mark is not None and snap is not None and mark.seq > snap.seq:
+        state.books["prices"] = {**state.books.get("prices", {}), **mark.payload["prices"]}
     state.last_ts = mark.ts if mark else None
     change = journal.last("TradingStateChanged")
     state.trading_state = change.payload["new"] if change else None

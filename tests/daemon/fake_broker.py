@@ -62,7 +62,8 @@ class FakeBroker:
                          0, None, intent.ts)
         self.orders[intent.client_order_id] = bo
         if self.report if report is None else report:
-            self.sink(OrderNew(intent.client_order_id, intent.ts, broker_order_id=bo.broker_order_id))
+            self.sink(OrderNew(intent.client_order_id, intent.ts,
+                               broker_order_id=bo.broker_order_id))
         return bo
 
     def fill(self, cid: str, qty: int, price: Decimal, ts: datetime = T0, *,
