@@ -26,7 +26,8 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,10 @@ class Daemon:
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
         self.trading_state = "ACTIVE"
+        self._status_written = 0.0
+        # Observers awaited after each replayed batch, once its orders reached the broker
+        # (invariant checks in tests, benchmarks, periodic marks).
+        self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
         self._wire()
 
     # -- wiring ------------------------------------------------------------------------
@@ -157,6 +162,7 @@ class Daemon:
 
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
+        self.stats.bar_rows += len(batch.symbols)
 
     def _on_broker_event(self, event: Event) -> None:
         """Broker reports arrive here on the loop thread; the order manager owns them."""
@@ -171,7 +177,11 @@ class Daemon:
         self.request_stop(f"component failed: {exc!r}")
 
     def _on_risk_tick(self, tick: RiskTick) -> None:
-        self.write_status()
+        # Status is for operators: at most once a wall second, however fast the replay.
+        now = time.monotonic()
+        if now - self._status_written >= 1.0:
+            self._status_written = now
+            self.write_status()
 
     def _on_trading_state(self, event: TradingStateChanged) -> None:
         self.trading_state = event.new
@@ -309,8 +319,12 @@ class Daemon:
             await pacer.wait_for(batch.ts)
             self.clock.set(batch.ts + interval)
             self.on_bar_batch(batch)
-            # Let this batch's orders reach the broker before the next bar exists.
+            # Let this batch's orders reach the broker before the next bar exists, and
+            # let the other tasks (pump, control socket, watchdog) run.
             await self.orders.drained()
+            for observer in self.after_batch:
+                await observer(batch)
+            await asyncio.sleep(0)
         log.info("feed.replay_done", batches=self.stats.bar_batches)
         self.request_stop("replay finished")
 

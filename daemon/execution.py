@@ -85,6 +85,9 @@ class OrderManager:
         # durably here, so a crash after the broker call can still be resolved).
         self._on_intent = on_intent
         self.orders: dict[str, Order] = {}
+        # Open orders by symbol: sizing and the gate ask per symbol on the hot path, and
+        # scanning every order of the session there would grow with the day.
+        self._open: dict[str, dict[str, Order]] = {}
         self.unknown_reports: list[OrderEvent] = []
         self._day = ""
         self._per_symbol_today: Counter[str] = Counter()
@@ -120,7 +123,7 @@ class OrderManager:
             self.stats["duplicate_id"] += 1
             return
         order = Order.from_intent(intent)
-        self.orders[intent.client_order_id] = order
+        self._track(order)
         self._count(intent)
         if len(self._outbox) >= self._outbox_size:
             self.stats["backpressure"] += 1
@@ -184,22 +187,33 @@ class OrderManager:
             self.stats["duplicate_fill"] += 1
             log.info("order.duplicate_fill", client_order_id=order.client_order_id)
             return
+        if not order.is_open:
+            self._open.get(order.symbol, {}).pop(order.client_order_id, None)
         self._log_report(order, event)
         self._publish(event)
 
     def adopt(self, order: Order) -> None:
         """Take over an order rebuilt elsewhere (recovery from the journal)."""
+        self._track(order)
+
+    def _track(self, order: Order) -> None:
         self.orders[order.client_order_id] = order
+        if order.is_open:
+            self._open.setdefault(order.symbol, {})[order.client_order_id] = order
 
     # -- views for sizing and the gate ---------------------------------------------------
 
-    def open_orders(self) -> list[Order]:
-        return [o for o in self.orders.values() if o.is_open]
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        if symbol is not None:
+            return list(self._open.get(symbol, {}).values())
+        return [o for by_symbol in self._open.values() for o in by_symbol.values()]
 
     def working_qty(self, symbol: str) -> int:
         """Signed quantity still to fill in open orders for ``symbol``."""
-        return sum(o.leaves_qty * o.side.sign for o in self.orders.values()
-                   if o.is_open and o.symbol == symbol)
+        open_here = self._open.get(symbol)
+        if not open_here:
+            return 0
+        return sum(o.leaves_qty * o.side.sign for o in open_here.values())
 
     def orders_today(self, symbol: str | None = None) -> int:
         self._roll_day()

@@ -66,11 +66,13 @@ class BarTape:
         return sorted(set(self._sym.tolist()))
 
     def batches(self) -> Iterator[BarBatch]:
+        """Batches in time order; ``received_ns`` is stamped as each one is handed out."""
         c = self._cols
         for ts, a, b in zip(self._stamps, self._starts, self._ends, strict=True):
             yield BarBatch(ts=ts, symbols=tuple(self._sym[a:b].tolist()),
                            open=c["open"][a:b], high=c["high"][a:b], low=c["low"][a:b],
-                           close=c["close"][a:b], volume=c["volume"][a:b])
+                           close=c["close"][a:b], volume=c["volume"][a:b],
+                           received_ns=time.perf_counter_ns())
 
 
 class Pacer:

@@ -61,7 +61,7 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     # Libraries (alpaca, websockets, aiomqtt) log through stdlib logging: send their
     # warnings through the same renderer and scrubber.

@@ -23,6 +23,7 @@ class SessionStats:
         self.signals = 0
         self.signal_batches = 0
         self.bar_batches = 0
+        self.bar_rows = 0
         self.orders = 0
         self.fills = 0
         self.filled_shares = 0

@@ -69,6 +69,10 @@ class Sizer:
     def on_signals(self, batch: SignalBatch) -> None:
         equity = self._equity()
         batch_id = f"{batch.source}:{batch.ts.isoformat()}"
+        # One line per batch (a model scores every symbol each bar); the journal keeps
+        # each signal.
+        log.info("signal.received", source=batch.source, ts=batch.ts.isoformat(),
+                 signals=len(batch.signals), equity=str(equity))
         for sig in batch.signals:
             intent = self.size(sig, equity, batch_id)
             if intent is not None:
