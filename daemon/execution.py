@@ -166,7 +166,7 @@ class OrderManager:
         if order is None:
             self.unknown_reports.append(event)
             log.warning("order.unknown_report", client_order_id=event.client_order_id,
-                        event=type(event).__name__)
+                        event_type=type(event).__name__)
             return
         try:
             changed = order.apply(event)
@@ -174,7 +174,8 @@ class OrderManager:
             # Streams replay and reorder; reconciliation with the broker settles it.
             self.stats["illegal_transition"] += 1
             log.warning("order.illegal_transition", client_order_id=order.client_order_id,
-                        status=str(order.status), event=type(event).__name__, error=str(exc))
+                        status=str(order.status), event_type=type(event).__name__,
+                        error=str(exc))
             return
         except OverfillError as exc:
             self.stats["overfill"] += 1

@@ -155,6 +155,9 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._own: list[Event] = []
         self._gate_pending = False
+        # Unacknowledged orders the broker did not know at the previous pass.
+        self._unknown_before: set[str] = set()
+        self._unknown_next: set[str] = set()
         self._last_ts: datetime | None = None
         self.ready = False
         self.runs = 0
@@ -242,7 +245,9 @@ class Reconciler:
                 await asyncio.wait_for(self._orders.drained(), self._drain_timeout)
         snap = await self._snapshot()
         views = await self._broker_views(snap, report)
+        self._unknown_next = set()
         self._settle_acks(views, report, startup=startup)  # acks first: they carry ids
+        self._unknown_before = self._unknown_next
         self._apply_fills(snap.fills, report)
         self._settle_statuses(views, report)
         drift = self._compare_books(snap)
@@ -342,7 +347,9 @@ class Reconciler:
         if order.status is not OrderStatus.PENDING_NEW:
             report.add(UNEXPLAINED, "order_missing", client_order_id=cid, symbol=order.symbol,
                        local=str(order.status), note="acknowledged, yet unknown to the broker")
-        elif startup or now - order.created_ts > self._grace:
+        elif startup or (cid in self._unknown_before and now - order.created_ts > self._grace):
+            # At start nothing is in flight (a new process); while running, an intent may
+            # still sit in the outbox, so it must be unknown on two passes and old.
             log.warning("reconcile.abandoned", client_order_id=cid, symbol=order.symbol,
                         qty=order.qty, side=str(order.side))
             why = "not at broker after restart" if startup else "never reached the broker"
@@ -350,6 +357,7 @@ class Reconciler:
             report.add(EXPLAINED, "abandoned", client_order_id=cid, symbol=order.symbol,
                        local=str(OrderStatus.PENDING_NEW), note=why)
         else:
+            self._unknown_next.add(cid)
             report.add(IN_FLIGHT, "unacknowledged", client_order_id=cid, symbol=order.symbol)
 
     def _settle(self, order: Order, bo: BrokerOrder, report: ReconcileReport) -> None:

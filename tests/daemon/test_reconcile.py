@@ -44,12 +44,16 @@ class TestReconcileInFlight:
         assert s.orders.orders["c1"].status is OrderStatus.PENDING_NEW
         await s.stop()
 
-    async def test_unacked_old_order_when_unknown_to_broker_then_abandoned(self, tmp_path: Path):
+    async def test_unacked_old_order_when_unknown_on_two_passes_then_abandoned(
+            self, tmp_path: Path):
         s = await _started(tmp_path)
         from daemon.orders import Order
 
         s.orders.adopt(Order.from_intent(intent("c1")))
         s.clock.advance(120)
+        first = await s.reconciler.reconcile("tick")  # could still be in the outbox
+        assert [d.what for d in first.of("in_flight")] == ["unacknowledged"]
+        s.clock.advance(60)
         report = await s.reconciler.reconcile("tick")
         assert [d.what for d in report.of("explained")] == ["abandoned"]
         assert s.orders.orders["c1"].status is OrderStatus.ABANDONED
