@@ -21,7 +21,8 @@ def create_broker(
     if cfg.kind == "alpaca":
         from brokers.alpaca import AlpacaBroker
 
-        return AlpacaBroker(cfg.alpaca, clock=clock, sink=sink, loop=loop)
+        alpaca: Broker = AlpacaBroker(cfg.alpaca, clock=clock, sink=sink, loop=loop)
+        return alpaca
     from brokers.paper import PaperBroker
 
     return PaperBroker(cfg=cfg.paper, clock=clock, sink=sink,

@@ -9,6 +9,7 @@ Alpaca keys and URLs also from ``APCA_API_KEY_ID``, ``APCA_API_SECRET_KEY``,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def load_settings(
     return settings
 
 
-def _with_env(cls: type[Settings], init: dict[str, Any], env: dict[str, str]) -> Settings:
+def _with_env(cls: type[Settings], init: dict[str, Any], env: Mapping[str, str]) -> Settings:
     saved = dict(os.environ)
     try:
         os.environ.clear()

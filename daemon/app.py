@@ -50,12 +50,10 @@ from daemon.events import (
     Message,
     OrderEvent,
     OrderFilled,
-    PlaceOrder,
     ReconcileTick,
     RiskTick,
     SignalBatch,
     SubmitOrder,
-    TradingStateChanged,
 )
 from daemon.execution import OrderManager
 from daemon.feed import BarTape, Pacer
@@ -66,7 +64,17 @@ from daemon.recovery import EquityMarker, Recovered, recover
 from daemon.sdnotify import Notifier
 from daemon.stats import SessionStats
 from portfolio import Portfolio
+from risk.controls import register_controls
+from risk.emergency import LiquidationResult, liquidate
+from risk.gate import Gate
+from risk.killswitch import KillSwitch
+from risk.market import MarketHours
+from risk.marks import EquityMarks
+from risk.modes import ExecutionModes
+from risk.monitor import RiskMonitor
 from risk.sizing import Sizer
+from risk.state import TradingState, TradingStatus
+from risk.wiring import wire_risk
 from signals.demo import MomentumRule
 
 log = structlog.get_logger("daemon.app")
@@ -110,7 +118,8 @@ class Daemon:
         self.reconciler = Reconciler(
             self.broker, orders=self.orders, portfolio=self.portfolio, clock=self.clock,
             publish=self.bus.publish, journal=self.journal,
-            trading_state=lambda: self.trading_state, on_failure=self._on_component_failure,
+            trading_state=lambda: str(self.risk_state.state),
+            on_failure=self._on_component_failure,
             grace_secs=settings.daemon.execution_timeout_secs)
         self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock)
         self.recovered: Recovered | None = None
@@ -118,14 +127,43 @@ class Daemon:
                            holding=self._holding, send=self.bus.send)
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
-        self.trading_state = "ACTIVE"
+        self._build_risk()
         self._status_written = 0.0
+        self._side_tasks: set[asyncio.Task[None]] = set()
         # Observers awaited after each replayed batch, once its orders reached the broker
         # (invariant checks in tests, benchmarks, periodic marks).
         self.after_batch: list[Callable[[BarBatch], Awaitable[None]]] = []
         self._wire()
 
     # -- wiring ------------------------------------------------------------------------
+
+    def _build_risk(self) -> None:
+        s, bus = self.settings, self.bus
+        self.risk_state = TradingStatus(clock=self.clock, publish=bus.publish)
+        self.killswitch = KillSwitch(state=self.risk_state, path=s.daemon.kill_switch_path,
+                                     environ=self.environ)
+        self.market = MarketHours()
+        self.marks = EquityMarks()
+        self.modes = ExecutionModes(
+            s.daemon.execution_mode, clock=self.clock, approval_notional=s.risk.approval_notional,
+            send=bus.send,
+            on_emergency=lambda why: self._spawn(self.liquidate(why), "risk.liquidate"))
+        self.gate = Gate(s.risk, clock=self.clock, portfolio=self.portfolio, orders=self.orders,
+                         state=self.risk_state, publish=bus.publish, send=bus.send,
+                         market=self.market, modes=self.modes, marks=self.marks)
+        self.monitor = RiskMonitor(s.risk, clock=self.clock, portfolio=self.portfolio,
+                                   orders=self.orders, state=self.risk_state, marks=self.marks,
+                                   publish=bus.publish, send=bus.send)
+
+    async def liquidate(self, why: str) -> LiquidationResult:
+        return await liquidate(cfg=self.settings.risk, state=self.risk_state, send=self.bus.send,
+                               orders=self.orders, portfolio=self.portfolio, market=self.market,
+                               clock=self.clock, why=why)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = self._task(coro, name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _holding(self, symbol: str) -> int:
         return self.portfolio.qty(symbol) + self.orders.working_qty(symbol)
@@ -142,23 +180,22 @@ class Daemon:
         if cfg.signals.demo.enabled and not cfg.signals.model.enabled:
             bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
         bus.subscribe(SignalBatch, self.sizer.on_signals)
-        bus.register(PlaceOrder, self._gate)
+        wire_risk(bus, gate=self.gate, state=self.risk_state, monitor=self.monitor)
         bus.register(SubmitOrder, self.orders.execute_submit)
         bus.register(CancelOrder, self.orders.execute_cancel)
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
         bus.subscribe(OrderFilled, self.portfolio.on_fill)
         bus.subscribe(RiskTick, self.marker.on_tick)
         bus.subscribe(RiskTick, self._on_risk_tick)
-        bus.subscribe(TradingStateChanged, self._on_trading_state)
         self.reconciler.attach(bus)
         self.stats.attach(bus)
         self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
                           lambda ts: ReconcileTick(ts=ts))
         self.timers.every("risk", cfg.daemon.risk_interval_secs, lambda ts: RiskTick(ts=ts))
         self.control.register("status", self._ctl_status)
-
-    def _gate(self, cmd: PlaceOrder) -> None:
-        self.bus.send(SubmitOrder(cmd.intent))
+        register_controls(self.control.register, state=self.risk_state,
+                          killswitch=self.killswitch, modes=self.modes, gate=self.gate,
+                          send=bus.send, liquidate=self.liquidate)
 
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
@@ -183,9 +220,6 @@ class Daemon:
             self._status_written = now
             self.write_status()
 
-    def _on_trading_state(self, event: TradingStateChanged) -> None:
-        self.trading_state = event.new
-
     @property
     def ready(self) -> bool:
         """True once the books are reconciled with the broker (the gate denies
@@ -206,6 +240,10 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
+        # KILL_SWITCH in the environment halts before anything connects.
+        self.killswitch.check_env()
+        self.market.warm()
+        self.killswitch.install_signal_handler(loop)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 # The journal is entered first so it is closed (flushed) last.
@@ -239,7 +277,9 @@ class Daemon:
 
     async def _start_books(self) -> None:
         """Rebuild the session from the journal and reconcile it with the broker (the
-        source of truth for cash and positions) before any signal is accepted."""
+        source of truth for cash and positions) before any signal is accepted. The
+        reconciler's ``ready`` (``BrokerStatusChanged``) is what lets the gate stop
+        denying RECONCILING."""
         if self.journal is None:
             account = await self.broker.account()
             self.portfolio.restore(account.cash, await self.broker.positions())
@@ -252,15 +292,26 @@ class Daemon:
                 journal=self.journal, broker=self.broker, orders=self.orders,
                 portfolio=self.portfolio, stats=self.stats, marker=self.marker,
                 reconciler=self.reconciler, clock=self.clock)
-            if self.recovered.trading_state and self.trading_state == "ACTIVE":
-                self.trading_state = self.recovered.trading_state
+            self._restore_risk(self.recovered)
+        self.gate.invalidate()
         log.info("portfolio.restored", cash=str(self.portfolio.cash),
                  equity=str(self.portfolio.equity()), positions=len(self.portfolio.positions))
+
+    def _restore_risk(self, recovered: Recovered) -> None:
+        """Loss limits keep measuring from the journaled marks; a halt survives a restart."""
+        m = self.marker
+        if m.day:
+            self.marks.restore(m.day, m.start_of_day_equity, m.peak_equity)
+        was = recovered.trading_state
+        if was and was != str(self.risk_state.state):
+            self.risk_state.request(TradingState(was), who="recovery",
+                                    why=f"trading state before the restart was {was}")
 
     def _start_tasks(self) -> list[asyncio.Task[None]]:
         tasks = [
             self._task(self._pump(), "bus.pump"),
             self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
+            self._task(self.killswitch.watch(), "risk.kill_switch"),
         ]
         if self.replaying:
             tasks.append(self._task(self._replay(), "feed.replay"))
@@ -352,9 +403,9 @@ class Daemon:
             await asyncio.wait_for(self.orders.drained(), grace)
         except TimeoutError:
             log.warning("daemon.shutdown_timeout", grace_secs=grace)
-        for t in tasks:
+        for t in [*tasks, *self._side_tasks]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
         if self.journal is not None and self.journal.is_open:
             now = self.clock.now()
             self.marker.mark(now)
@@ -381,8 +432,10 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return {
-            "trading_state": self.trading_state,
+            "trading_state": self.risk_state.snapshot()["state"],
             "ready": self.ready,
+            "risk": self.risk_state.snapshot(),
+            "execution_mode": str(self.modes.mode),
             "mode": self.settings.daemon.mode,
             "broker": self.broker.name,
             "clock": self.clock.now().isoformat(),
@@ -420,7 +473,7 @@ def install_uvloop() -> Callable[..., Any]:
     try:
         import uvloop
 
-        return uvloop.run  # type: ignore[no-any-return]
+        return uvloop.run
     except ImportError:
         return asyncio.run
 

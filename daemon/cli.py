@@ -185,6 +185,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(cmd: str, arg_names: tuple[str, ...] = ()) -> Any:
+    """A subcommand that sends ``cmd`` to the running daemon and prints its reply."""
+
+    def run(args: argparse.Namespace) -> int:
+        from daemon.control import request
+
+        state_dir = args.state_dir or _settings(args).daemon.state_dir
+        payload = {k: getattr(args, k) for k in arg_names if getattr(args, k, None) is not None}
+        try:
+            reply = asyncio.run(request(state_dir, cmd, payload, timeout=args.timeout))
+        except ConnectionError as exc:
+            print(f"tradingd: {exc}", file=sys.stderr)
+            return EXIT_NO_DAEMON
+        print(json.dumps(reply, indent=2, default=str))
+        return 0 if reply.get("ok") else EXIT_FAILED
+
+    return run
+
+
+_OPERATOR_COMMANDS = (
+    ("halt", "stop new orders now (tracking and reconciliation go on)", ("why",)),
+    ("resume", "clear an operator/file/signal halt (never an environment KILL_SWITCH)", ("why",)),
+    ("emergency-stop", "cancel all open orders and halt", ("why",)),
+    ("liquidate", "cancel all, close every position with reduce-only orders, halt", ("why",)),
+    ("pending", "list orders waiting for approval (SEMI_AUTO / MANUAL)", ()),
+    ("approve", "approve a pending order by id", ("id",)),
+    ("reject", "reject a pending order by id", ("id",)),
+    ("mode", "show or set the execution mode", ("mode",)),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tradingd", description="Event-driven trading daemon "
                                      "(paper trading by default).")
@@ -221,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
+
+    for name, help_text, arg_names in _OPERATOR_COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p)
+        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+        if "why" in arg_names:
+            p.add_argument("--why", help="reason, recorded in the log and journal")
+        if "id" in arg_names:
+            p.add_argument("id")
+        if "mode" in arg_names:
+            p.add_argument("mode", nargs="?",
+                           choices=["FULL_AUTO", "SEMI_AUTO", "MANUAL", "RESEARCH", "EMERGENCY"])
+        p.set_defaults(func=_control(name, arg_names))
     return parser
 
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -260,10 +260,27 @@ class OrderManager:
             log.info("order.status", client_order_id=order.client_order_id,
                      status=str(order.status), event_type=type(event).__name__)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _cancel(self, client_order_id: str) -> None:
+        """Ask the broker to cancel; the ``canceled`` report comes back as usual. A refusal
+        means the order is already done at the broker: read it back and adopt that."""
+        try:
+            await asyncio.wait_for(self._broker.cancel(client_order_id), self._timeout)
+        except BrokerRejected as exc:
+            log.info("order.cancel_refused", client_order_id=client_order_id, error=str(exc))
+            await self.resolve(client_order_id)
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.cancel_failed", client_order_id=client_order_id, error=repr(exc))
+
+    async def _cancel_all(self) -> None:
+        try:
+            await asyncio.wait_for(self._broker.cancel_all(), self._timeout)
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.cancel_all_failed", error=repr(exc))
 
     async def _worker(self) -> None:
         while True:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 _SECRETS: set[str] = set()
@@ -44,6 +45,12 @@ def _scrub_processor(
     return event_dict
 
 
+def _orjson_dumps(obj: Any, **_kw: Any) -> str:
+    # orjson renders a decision line in ~2 µs where json.dumps takes ~8: it matters when
+    # every gate decision of a 53-symbol batch is logged on the hot path.
+    return orjson.dumps(obj, default=str).decode()
+
+
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Configure structlog (and route stdlib logging of libraries through it)."""
     out = stream or sys.stdout
@@ -55,7 +62,7 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
         structlog.processors.format_exc_info,
         _scrub_processor,
     ]
-    renderer: Any = (structlog.processors.JSONRenderer(default=str) if as_json
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=_orjson_dumps) if as_json
                      else structlog.dev.ConsoleRenderer(colors=out.isatty()))
     structlog.configure(
         processors=[*shared, renderer],

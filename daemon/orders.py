@@ -220,6 +220,7 @@ class Order:
         self.filled_qty += fill.qty
         self.filled_notional += fill.price * fill.qty
         done = self.filled_qty == self.qty
+        target: OrderStatus
         # A fill on a pending cancel/replace leaves the request pending unless it completes.
         if not done and self.status in (S.PENDING_CANCEL, S.PENDING_REPLACE):
             target = self.status

@@ -407,13 +407,13 @@ class Reconciler:
         realized P&L the books have per symbol)."""
         p = self._portfolio
         old = p.positions
-        p.positions = {s: Position(s, bp.qty, bp.avg_price,
-                                   old[s].realized_pnl if s in old else Decimal(0))
-                       for s, bp in snap.positions.items()}
+        new = {s: Position(s, bp.qty, bp.avg_price,
+                           old[s].realized_pnl if s in old else Decimal(0))
+               for s, bp in snap.positions.items()}
         for s, pos in old.items():
-            if s not in p.positions and pos.realized_pnl:
-                p.positions[s] = Position(s, 0, Decimal(0), pos.realized_pnl)
-        p.cash = Decimal(snap.account.cash)
+            if s not in new and pos.realized_pnl:
+                new[s] = Position(s, 0, Decimal(0), pos.realized_pnl)
+        p.load(Decimal(snap.account.cash), new.values())
         log.warning("reconcile.adopted", cash=str(p.cash),
                     positions={s: v.qty for s, v in p.positions.items() if v.qty})
 
@@ -447,7 +447,7 @@ class Reconciler:
         if ready == self.ready and not ready:
             return
         self.ready = ready
-        event = BrokerStatusChanged(broker=self._broker.name,
+        event = BrokerStatusChanged(broker=f"{self._broker.name}:reconcile",
                                     status="ready" if ready else "recovering",
                                     ts=self._clock.now(), detail=f"reconcile: {why}")
         self._own.append(event)

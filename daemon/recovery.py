@@ -104,14 +104,14 @@ def load_state(journal: Journal) -> JournalState:
 
 def restore_books(portfolio: Portfolio, books: dict[str, Any]) -> int:
     """Set the portfolio to a snapshot, then book the fills journaled after it."""
-    portfolio.cash = Decimal(books["cash"])
-    portfolio.commissions = Decimal(books.get("commissions", "0"))
-    portfolio.fill_count = int(books.get("fill_count", 0))
-    portfolio.positions = {
-        s: Position(s, int(p["qty"]), Decimal(p["avg_price"]), Decimal(p["realized_pnl"]))
-        for s, p in books["positions"].items()
-    }
-    portfolio.last_price.update(books.get("prices", {}))
+    portfolio.load(
+        Decimal(books["cash"]),
+        [Position(s, int(p["qty"]), Decimal(p["avg_price"]), Decimal(p["realized_pnl"]))
+         for s, p in books["positions"].items()],
+        commissions=Decimal(books.get("commissions", "0")),
+        fill_count=int(books.get("fill_count", 0)),
+        prices=books.get("prices", {}),
+    )
     fills = books.get("fills", [])
     for f in fills:
         portfolio.apply_fill(decode(Fill, f))

@@ -42,11 +42,17 @@ class Portfolio:
         self.commissions = ZERO
         self.fill_count = 0
         self._publish = publish
+        # Several components ask for prices, equity and exposure on every batch; these
+        # caches are dropped whenever bars, fills or a restore change the books.
+        self._px: dict[str, Decimal] = {}
+        self._totals: tuple[Decimal, Decimal, Decimal] | None = None
 
     # -- updates -----------------------------------------------------------------------
 
     def on_bars(self, batch: BarBatch) -> None:
         self.last_price.update(zip(batch.symbols, batch.close.tolist(), strict=True))
+        self._px.clear()
+        self._totals = None
 
     def on_fill(self, event: OrderFilled) -> None:
         pos = self.apply_fill(event.fill)
@@ -59,6 +65,7 @@ class Portfolio:
     def apply_fill(self, fill: Fill) -> Position:
         """Book one fill: cash moves by qty x price plus commission; average cost is
         the weighted cost of the open quantity; closing quantity realizes P&L."""
+        self._totals = None
         pos = self.positions.get(fill.symbol)
         if pos is None:
             pos = self.positions[fill.symbol] = Position(fill.symbol)
@@ -83,10 +90,33 @@ class Portfolio:
 
     def restore(self, cash: Decimal, positions: Iterable[BrokerPosition]) -> None:
         """Replace the books with a known state (recovery, or adopting the broker's)."""
+        self._totals = None
         self.cash = Decimal(cash)
         self.positions = {
             p.symbol: Position(p.symbol, p.qty, p.avg_price) for p in positions if p.qty
         }
+
+    def load(
+        self,
+        cash: Decimal,
+        positions: Iterable[Position],
+        *,
+        commissions: Decimal | None = None,
+        fill_count: int | None = None,
+        prices: dict[str, float] | None = None,
+    ) -> None:
+        """Replace the books with journaled ones (recovery) or the broker's positions kept
+        with their realized P&L (reconciliation): unlike ``restore``, nothing is lost."""
+        self._totals = None
+        self._px.clear()
+        self.cash = Decimal(cash)
+        self.positions = {p.symbol: p for p in positions}
+        if commissions is not None:
+            self.commissions = commissions
+        if fill_count is not None:
+            self.fill_count = fill_count
+        if prices:
+            self.last_price.update(prices)
 
     # -- views ---------------------------------------------------------------------------
 
@@ -95,8 +125,13 @@ class Portfolio:
         return pos.qty if pos else 0
 
     def price(self, symbol: str) -> Decimal | None:
-        last = self.last_price.get(symbol)
-        return to_price(last) if last is not None else None
+        px = self._px.get(symbol)
+        if px is None:
+            last = self.last_price.get(symbol)
+            if last is None:
+                return None
+            px = self._px[symbol] = to_price(last)
+        return px
 
     def market_value(self, symbol: str) -> Decimal:
         pos = self.positions.get(symbol)
@@ -105,14 +140,22 @@ class Portfolio:
         px = self.price(symbol)
         return pos.qty * (px if px is not None else pos.avg_price)
 
+    def _sums(self) -> tuple[Decimal, Decimal, Decimal]:
+        """(equity, gross exposure, net exposure), computed once per change of the books."""
+        if self._totals is None:
+            values = [self.market_value(s) for s in self.positions]
+            net = sum(values, ZERO)
+            self._totals = (self.cash + net, sum(map(abs, values), ZERO), net)
+        return self._totals
+
     def equity(self) -> Decimal:
-        return self.cash + sum((self.market_value(s) for s in self.positions), ZERO)
+        return self._sums()[0]
 
     def gross_exposure(self) -> Decimal:
-        return sum((abs(self.market_value(s)) for s in self.positions), ZERO)
+        return self._sums()[1]
 
     def net_exposure(self) -> Decimal:
-        return sum((self.market_value(s) for s in self.positions), ZERO)
+        return self._sums()[2]
 
     def realized_pnl(self) -> Decimal:
         return sum((p.realized_pnl for p in self.positions.values()), ZERO)

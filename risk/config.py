@@ -17,7 +17,9 @@ class RiskConfig(ComponentConfig):
     stale_signal_secs 120, max_slip_pct 0.005, max_spread_bps 50, symbol_move_limit 0.10,
     max_daily_loss 0.02, max_drawdown 0.10, session_drawdown 0.01, stop_loss_pct 0.05,
     max_sector_exposure 0.30, max_orders_per_symbol_day 5, max_orders_per_day 200,
-    max_orders_per_execution 10, max_orders_per_second 20.
+    max_orders_per_execution 10, max_orders_per_second 20, extended_hours false,
+    symbols [] (universe from bars), signal_memory 100000, approval_notional $5,000,
+    liquidation_collar_pct 0.01, liquidation_rounds 5, liquidation_round_secs 10.
     """
 
     signal_threshold: float = Field(0.1, ge=0, le=1, description="minimum |strength| to act")
@@ -41,3 +43,20 @@ class RiskConfig(ComponentConfig):
     max_orders_per_execution: int = Field(10, ge=1)
     max_orders_per_second: float = Field(20, gt=0)
     extended_hours: bool = Field(False, description="allow pre/post-market orders")
+    symbols: list[str] = Field(
+        default_factory=list,
+        description="tradable universe; empty: every symbol seen in bars (INVALID_SIGNAL else)",
+    )
+    signal_memory: int = Field(
+        100_000, ge=1, description="signal ids remembered for DUPLICATE_SIGNAL (oldest go)"
+    )
+    approval_notional: Decimal = Field(
+        Decimal(5000), ge=0, description="SEMI_AUTO: orders above this wait for approval"
+    )
+    liquidation_collar_pct: float = Field(
+        0.01, gt=0, lt=1, description="outside regular hours, liquidation limit price collar"
+    )
+    liquidation_rounds: int = Field(5, ge=1, description="liquidation: max order rounds")
+    liquidation_round_secs: float = Field(
+        10, gt=0, description="liquidation: wait for fills per round (clock seconds)"
+    )

@@ -31,14 +31,14 @@ def client_order_id(prefix: str, *parts: str) -> str:
     return f"{prefix}-{digest}"
 
 
-def target_qty(signal: Signal, equity: Decimal, cfg: RiskConfig) -> int:
+def target_qty(signal: Signal, equity: float, cfg: RiskConfig) -> int:
     """Whole-share target position for a signal (signed)."""
     strength = signal.strength
     if abs(strength) < cfg.signal_threshold or signal.price <= 0:
         return 0
     if strength < 0 and not cfg.allow_shorts:
         return 0
-    notional = abs(strength) * cfg.max_position_pct * float(equity)
+    notional = abs(strength) * cfg.max_position_pct * equity
     shares = math.floor(notional / signal.price + 1e-9)
     return shares if strength > 0 else -shares
 
@@ -67,7 +67,9 @@ class Sizer:
         self.skipped = 0
 
     def on_signals(self, batch: SignalBatch) -> None:
-        equity = self._equity()
+        # Targets need equity only to the share, so one float per batch does; the money
+        # that reaches an order is Decimal.
+        equity = float(self._equity())
         batch_id = f"{batch.source}:{batch.ts.isoformat()}"
         # One line per batch (a model scores every symbol each bar); the journal keeps
         # each signal.
@@ -78,11 +80,11 @@ class Sizer:
             if intent is not None:
                 self._send(PlaceOrder(intent))
 
-    def size(self, sig: Signal, equity: Decimal, batch_id: str | None = None) -> OrderIntent | None:
+    def size(self, sig: Signal, equity: float, batch_id: str | None = None) -> OrderIntent | None:
         cfg = self._cfg
         if not (math.isfinite(sig.strength) and math.isfinite(sig.price)) or sig.price <= 0:
             # Not sizeable; the gate names it INVALID_SIGNAL when it sees such a signal.
-            return self._intent(sig, OrderSide.BUY, 0, batch_id)
+            return self._intent(sig, OrderSide.BUY, 0, batch_id, Decimal(0))
         delta = target_qty(sig, equity, cfg) - self._holding(sig.symbol)
         if delta == 0:
             return None
@@ -102,10 +104,10 @@ class Sizer:
             if qty == 0:
                 return None
         side = OrderSide.BUY if delta > 0 else OrderSide.SELL
-        return self._intent(sig, side, qty, batch_id)
+        return self._intent(sig, side, qty, batch_id, price)
 
-    def _intent(self, sig: Signal, side: OrderSide, qty: int, batch_id: str | None) -> OrderIntent:
-        price = to_price(sig.price) if math.isfinite(sig.price) else Decimal(0)
+    def _intent(self, sig: Signal, side: OrderSide, qty: int, batch_id: str | None,
+                price: Decimal) -> OrderIntent:
         return OrderIntent(
             client_order_id=client_order_id(self._prefix, sig.source, sig.id, sig.symbol),
             symbol=sig.symbol, side=side, qty=qty, order_type=OrderType.MARKET,

@@ -36,7 +36,7 @@ async def _session(tmp_path: Path) -> None:
     broker.fill("td-aapl1", 6, Decimal("100.05"), T0 + timedelta(minutes=2))
     for minute, px in ((3, 101.0), (4, 99.0), (5, 100.5)):
         s.clock.set(T0 + timedelta(minutes=minute))
-        s.portfolio.last_price["AAPL"] = px
+        s.portfolio.load(s.portfolio.cash, s.portfolio.positions.values(), prices={"AAPL": px})
         s.marker.mark(s.clock.now())
     await s.stop()
 

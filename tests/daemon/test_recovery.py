@@ -126,9 +126,10 @@ class TestRecovery:
         await s1.start()
         await _trade(s1, "c1")
         broker.fill("c1", 10, Decimal("100"))
-        s1.portfolio.last_price["AAPL"] = 110.0
+        p = s1.portfolio
+        p.load(p.cash, p.positions.values(), prices={"AAPL": 110.0})
         s1.marker.mark(s1.clock.now())
-        s1.portfolio.last_price["AAPL"] = 90.0
+        p.load(p.cash, p.positions.values(), prices={"AAPL": 90.0})
         s1.marker.mark(s1.clock.now())
         await s1.stop()
         s2 = Session(tmp_path, broker)

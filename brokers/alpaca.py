@@ -1,0 +1,1004 @@
+"""The Alpaca broker adapter (alpaca-py 0.44) and the Alpaca minute-bar feed.
+
+This is the only module of tradingd that imports ``alpaca``. The SDK is synchronous
+(``requests``) and runs its websockets on private event loops, so: REST calls go through
+``asyncio.to_thread``, stream callbacks hop onto our loop with ``call_soon_threadsafe``,
+and every domain event is reported through the sink on the loop's thread.
+
+What the adapter adds to the SDK (see alpaca-protocol.md §2, §7, §8, §12):
+
+* exactly-once submission: the SDK's blind retry is off (``_retry = 0``), every request
+  has a timeout, and an ambiguous outcome is resolved by ``client_order_id`` lookup;
+  a re-POST only ever reuses the same id;
+* bounded retries with exponential backoff and jitter for idempotent calls, and a
+  client-side budget of ``rate_limit_per_min`` requests;
+* a watchdog on the trade stream (drops, silence, swallowed auth failures) with a REST
+  catch-up after every reconnect, reported as ``recovering`` then ``ready``.
+
+Events published through the sink: ``OrderAccepted``, ``OrderNew``, ``OrderFilled``,
+``OrderCanceled``, ``OrderExpired``, ``OrderReplaced``, ``OrderRejected``,
+``OrderPendingCancel``, ``OrderPendingReplace``, ``OrderCancelRejected``,
+``OrderDoneForDay`` and ``BrokerStatusChanged`` (connected, disconnected, recovering,
+ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import numpy as np
+import requests
+import structlog
+import websockets
+from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.live import StockDataStream
+from alpaca.data.requests import StockBarsRequest
+from alpaca.data.timeframe import TimeFrame
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide as AlpacaSide
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.enums import TimeInForce as AlpacaTif
+from alpaca.trading.requests import (
+    GetCalendarRequest,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    OrderRequest,
+    ReplaceOrderRequest,
+    StopLimitOrderRequest,
+    StopOrderRequest,
+)
+from alpaca.trading.stream import TradingStream
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from brokers._alpaca_http import (
+    RateBudget,
+    Scrubber,
+    ScrubFilter,
+    is_duplicate_cid,
+    map_http_error,
+    map_transport_error,
+    ws_url,
+)
+from brokers._alpaca_map import (
+    TradingSession,
+    broker_fill,
+    broker_order,
+    broker_position,
+    market_clock,
+    order_body_fields,
+    parse_ts,
+    trading_session,
+)
+from brokers._alpaca_track import OrderTracker
+from brokers.base import BrokerFill, BrokerOrder, EventSink
+from brokers.config import AlpacaConfig
+from daemon.clock import Clock
+from daemon.errors import (
+    AmbiguousSubmission,
+    BrokerAuthError,
+    BrokerError,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from daemon.events import BarBatch, BrokerStatusChanged, OrderEvent, OrderIntent
+from daemon.model import AccountSnapshot, BrokerPosition, MarketClock, OrderType
+
+__all__ = ["AlpacaBarFeed", "AlpacaBroker", "TradingSession"]
+
+log = structlog.get_logger("brokers.alpaca")
+T = TypeVar("T")
+
+_STREAM_STOP_SECS = 5.0
+
+
+def _keys(cfg: AlpacaConfig) -> tuple[str, str]:
+    if cfg.key_id is None or cfg.secret_key is None:
+        raise BrokerAuthError(
+            "Alpaca API keys missing: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+    key, secret = cfg.key_id.get_secret_value(), cfg.secret_key.get_secret_value()
+    if not key or not secret:
+        raise BrokerAuthError(
+            "Alpaca API keys empty: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+    return key, secret
+
+
+def _harden(client: Any, timeout: float) -> None:
+    """No blind SDK retries (a retried POST can double-submit), and a timeout on every
+    request (the SDK sets none, so a hung server would hang the call forever)."""
+    client._retry = 0  # ``while retry >= 0`` in RESTClient._request: one attempt
+    client._retry_wait = 0
+    session: requests.Session = client._session
+    raw = session.request
+
+    @functools.wraps(raw)
+    def request(method: str, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", timeout)
+        return raw(method, url, **kwargs)
+
+    session.request = request  # type: ignore[method-assign,assignment]
+
+
+@dataclass(slots=True)
+class Timings:
+    """Where submit/event time goes (for the benchmark; all in ns).
+
+    ``io_ns`` is measured inside the worker thread around the SDK call (SDK + HTTP +
+    emulator); ``call_ns`` around the whole awaited call on the loop. ``event_ns`` is
+    the loop-side handling of one stream update (mapping, FSM check, sink).
+    """
+
+    call_ns: list[int] = field(default_factory=list)
+    io_ns: list[int] = field(default_factory=list)
+    event_ns: list[int] = field(default_factory=list)
+    hop_ns: list[int] = field(default_factory=list)
+
+
+class _HookedTradingStream(TradingStream):
+    """``TradingStream`` with hooks the SDK lacks: connected (auth ok), auth failed,
+    dropped, and a timestamp of the last frame of any kind. Hooks run on the stream's
+    thread; the adapter hops them onto its loop."""
+
+    def __init__(self, *args: Any, hooks: _StreamHooks, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hooks = hooks
+        self.stopping = False
+        self.last_frame = time.monotonic()
+
+    async def _auth(self) -> None:
+        try:
+            await super()._auth()  # type: ignore[no-untyped-call]
+        except ValueError:
+            self.hooks.auth_failed()
+            raise
+
+    async def _start_ws(self) -> None:
+        await super()._start_ws()  # type: ignore[no-untyped-call]
+        self.last_frame = time.monotonic()
+        self.hooks.connected()
+
+    async def _consume(self) -> None:
+        try:
+            await super()._consume()  # type: ignore[no-untyped-call]
+        except websockets.WebSocketException as exc:
+            if not self.stopping:
+                self.hooks.dropped(type(exc).__name__)
+            raise
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        self.last_frame = time.monotonic()
+        await super()._dispatch(msg)
+
+    async def probe(self, wait_secs: float) -> bool:
+        """A websocket ping; True if the pong came back within ``wait_secs``."""
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            waiter = await ws.ping()
+            await asyncio.wait_for(waiter, wait_secs)
+        except (TimeoutError, websockets.WebSocketException, RuntimeError):
+            return False
+        self.last_frame = time.monotonic()
+        return True
+
+    async def cut(self) -> None:
+        """Abort the socket: the SDK sees a transport error and reconnects."""
+        ws = self._ws
+        if ws is not None and ws.transport is not None:
+            ws.transport.abort()
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        await self.stop_ws()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.close(), 1.0)
+        await self.cut()
+
+
+@dataclass(slots=True)
+class _StreamHooks:
+    connected: Callable[[], None]
+    auth_failed: Callable[[], None]
+    dropped: Callable[[str], None]
+
+
+def _thread_stop(
+    get_loop: Callable[[], asyncio.AbstractEventLoop | None],
+    coro: Callable[[], Coroutine[Any, Any, None]],
+    fallback: Callable[[], None], thread: threading.Thread | None,
+) -> None:
+    """Stop an SDK stream from outside its thread and wait for the thread to end.
+
+    The SDK's ``_run_forever`` clears its stop queue and sets ``_should_run`` when it
+    starts, so a stop sent before its loop exists would be lost: wait for the loop.
+    """
+    deadline = time.monotonic() + _STREAM_STOP_SECS
+    while (get_loop() is None and thread is not None and thread.is_alive()
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    loop = get_loop()
+    if loop is not None and loop.is_running():
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(coro(), loop).result(_STREAM_STOP_SECS)
+    else:
+        fallback()
+    if thread is not None:
+        thread.join(_STREAM_STOP_SECS)
+
+
+class AlpacaBroker:
+    """The ``Broker`` for Alpaca (paper or live, chosen by ``cfg.base_url``).
+
+    Args:
+        cfg: endpoints, keys (``SecretStr``), timeouts and retry budget.
+        clock: the injected clock (event timestamps, account snapshots).
+        sink: receives every domain event, always on the event loop's thread.
+        loop: the loop to report on (default: the running loop at ``__aenter__``).
+    """
+
+    name = "alpaca"
+
+    def __init__(
+        self, cfg: AlpacaConfig, *, clock: Clock, sink: EventSink,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._sink = sink
+        self._loop = loop
+        self._budget = RateBudget(cfg.rate_limit_per_min)
+        self._tracker = OrderTracker(self._report, clock.now)
+        self._client: TradingClient | None = None
+        self._stream: _HookedTradingStream | None = None
+        self._stream_thread: threading.Thread | None = None
+        self._scrub = Scrubber()
+        self._log_filter: ScrubFilter | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connected: asyncio.Future[None] | None = None
+        self._epoch = 0
+        self._status = "disconnected"
+        self._recovering = False
+        self._recover_again = False
+        self._reconcile_cids: set[str] = set()
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self.timings = Timings()
+
+    def __repr__(self) -> str:
+        return f"AlpacaBroker(base_url={self._cfg.base_url!r}, status={self._status!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._loop = self._loop or asyncio.get_running_loop()
+        key, secret = _keys(self._cfg)
+        self._scrub = Scrubber(key, secret)
+        self._log_filter = ScrubFilter(self._scrub)
+        self._log_filter.install()
+        try:
+            await self._start(key, secret)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self, key: str, secret: str) -> None:
+        self._client = TradingClient(
+            key, secret, paper=True, raw_data=True, url_override=self._cfg.base_url.rstrip("/"))
+        _harden(self._client, self._cfg.request_timeout_secs)
+        await self.account()  # 401/403 here -> BrokerAuthError, once, no retry storm
+        for o in await self._io("open_orders", self._raw_open_orders):
+            self._tracker.adopt(o)
+        self._connected = self._loop_().create_future()
+        self._start_stream(key, secret)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected),
+                                   self._cfg.request_timeout_secs)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"trade stream at {self._stream_url()} did not connect within "
+                f"{self._cfg.request_timeout_secs}s") from None
+        self._set_status("connected", "trade stream authorized")
+        self._set_status("ready", "")
+        self._spawn(self._watchdog(), "alpaca.stream_watchdog")
+        log.info("alpaca.started", base_url=self._cfg.base_url,
+                 adopted_open_orders=len(self._tracker.open_cids()))
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        stream, thread = self._stream, self._stream_thread
+        if stream is not None:
+            stream.stopping = True
+
+            def fallback() -> None:
+                stream._should_run = False
+                stream._stop_stream_queue.put_nowait({"should_stop": True})
+
+            await asyncio.to_thread(_thread_stop, lambda: stream._loop, stream.shutdown,
+                                    fallback, thread)
+        if self._client is not None:
+            self._client._session.close()
+        if self._log_filter is not None:
+            self._log_filter.uninstall()
+        if self._status != "disconnected":
+            self._set_status("disconnected", "closed")
+        self._stream = self._stream_thread = self._client = None
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "enter the broker first (async with)"
+        return self._loop
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self._loop_().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("alpaca.task_failed", task=task.get_name(),
+                      error=self._scrub(repr(task.exception())))
+
+    # -- trade stream --------------------------------------------------------------------
+
+    def _stream_url(self) -> str:
+        return ws_url(self._cfg.base_url, "/stream")
+
+    def _start_stream(self, key: str, secret: str) -> None:
+        loop = self._loop_()
+
+        def hop(fn: Callable[..., None]) -> Callable[..., None]:
+            def call(*a: Any) -> None:
+                loop.call_soon_threadsafe(fn, *a)
+
+            return call
+
+        hooks = _StreamHooks(connected=hop(self._on_stream_connected),
+                             auth_failed=hop(self._on_stream_auth_failed),
+                             dropped=hop(self._on_stream_dropped))
+        silence = self._cfg.stream_silence_secs
+        stream = _HookedTradingStream(
+            key, secret, paper=True, raw_data=True, url_override=self._stream_url(),
+            websocket_params={"ping_interval": silence, "ping_timeout": silence,
+                              "max_queue": 1024, "close_timeout": 1},
+            hooks=hooks,
+        )
+        stream._reconnect_min_backoff = self._cfg.reconnect_backoff_secs
+        stream._reconnect_max_backoff = max(self._cfg.reconnect_backoff_secs, 30.0)
+
+        async def on_update(msg: dict[str, Any]) -> None:
+            t = time.perf_counter_ns()
+            loop.call_soon_threadsafe(self._on_trade_update, msg.get("data") or {}, t)
+
+        stream.subscribe_trade_updates(on_update)
+        self._stream = stream
+        self._stream_thread = threading.Thread(
+            target=stream.run, name="alpaca.trade_stream", daemon=True)
+        self._stream_thread.start()
+
+    def _on_trade_update(self, data: dict[str, Any], sent_ns: int) -> None:
+        t0 = time.perf_counter_ns()
+        self.timings.hop_ns.append(t0 - sent_ns)
+        try:
+            if self._tracker.on_trade_update(data):
+                cid = str((data.get("order") or {}).get("client_order_id", ""))
+                self._schedule_reconcile(cid)
+        except Exception as exc:  # a malformed update must not kill the stream hop
+            log.error("alpaca.update_failed", error=self._scrub(repr(exc)),
+                      trade_event=str(data.get("event")))
+        self.timings.event_ns.append(time.perf_counter_ns() - t0)
+
+    def _on_stream_connected(self) -> None:
+        self._epoch += 1
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_result(None)
+            return
+        log.info("alpaca.stream_reconnected", epoch=self._epoch)
+        self._set_status("recovering", "trade stream reconnected; catching up over REST")
+        self._spawn(self._recover(), "alpaca.recover")
+
+    def _on_stream_auth_failed(self) -> None:
+        log.error("alpaca.stream_auth_failed", url=self._stream_url())
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(BrokerAuthError(
+                "Alpaca trade stream refused the API keys; check APCA_API_KEY_ID / "
+                "APCA_API_SECRET_KEY"))
+        elif self._status != "disconnected":
+            self._set_status("disconnected", "trade stream authentication failed")
+
+    def _on_stream_dropped(self, reason: str) -> None:
+        log.warning("alpaca.stream_dropped", reason=reason)
+        if self._status != "disconnected":
+            self._set_status("disconnected", f"trade stream dropped: {reason}")
+
+    def _set_status(self, status: str, detail: str) -> None:
+        self._status = status
+        self._sink(BrokerStatusChanged(self.name, status, self._clock.now(), detail))
+
+    async def _watchdog(self) -> None:
+        """Probe a silent stream with a ping; cut it when the pong does not come back
+        (the SDK then reconnects and we catch up)."""
+        silence = self._cfg.stream_silence_secs
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, silence / 4, self._cfg.reconcile_interval_secs / 2))
+            if time.monotonic() - last_sweep >= self._cfg.reconcile_interval_secs:
+                last_sweep = time.monotonic()
+                await self._sweep()
+            stream = self._stream
+            if stream is None or stream._loop is None or self._status == "disconnected":
+                continue
+            if time.monotonic() - stream.last_frame < silence:
+                continue
+            fut = asyncio.run_coroutine_threadsafe(stream.probe(silence / 2), stream._loop)
+            alive = await asyncio.wrap_future(fut)
+            if not alive:
+                log.warning("alpaca.stream_silent", silent_secs=silence)
+                self._on_stream_dropped("silent")
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(stream.cut(), stream._loop))
+
+    async def _recover(self) -> None:
+        """After a reconnect: fetch what the stream missed, then report ``ready``."""
+        if self._recovering:
+            self._recover_again = True
+            return
+        self._recovering = True
+        try:
+            while True:
+                self._recover_again = False
+                try:
+                    n = await self._catch_up(self._tracker.open_cids())
+                except BrokerError as exc:
+                    log.warning("alpaca.recover_failed", error=str(exc))
+                    await asyncio.sleep(self._cfg.retry_backoff_secs)
+                    self._recover_again = True
+                    continue
+                if not self._recover_again:
+                    break
+            log.info("alpaca.recovered", orders_checked=n)
+            self._set_status("ready", "caught up over REST")
+        finally:
+            self._recovering = False
+
+    async def _sweep(self) -> None:
+        """Periodic check of our open orders against REST: an update the stream never
+        delivered (a dropped final fill, a silent cancel) is found here at the latest."""
+        if self._status != "ready" or not self._tracker.open_cids():
+            return
+        try:
+            rows: Any = await self._retry("open_orders", self._raw_open_orders)
+        except BrokerError as exc:
+            log.warning("alpaca.sweep_failed", error=str(exc))
+            return
+        live = {str(o["client_order_id"]): o for o in rows}
+        stale = []
+        for cid in self._tracker.open_cids():
+            o = live.get(cid)
+            if o is not None:
+                self._tracker.apply_snapshot(o, None)
+            if o is None or self._tracker.has_gap(cid):
+                stale.append(cid)
+        if stale:
+            log.info("alpaca.sweep_found", orders=len(stale))
+            try:
+                await self._catch_up(stale)
+            except BrokerError as exc:
+                log.warning("alpaca.sweep_failed", error=str(exc))
+
+    def _schedule_reconcile(self, cid: str) -> None:
+        self._reconcile_cids.add(cid)
+        if self._reconcile_task is None or self._reconcile_task.done():
+            self._reconcile_task = self._spawn(self._reconcile_later(), "alpaca.reconcile")
+
+    async def _reconcile_later(self) -> None:
+        # Give the stream a moment: the missing update is often just behind.
+        await asyncio.sleep(self._cfg.reconcile_grace_secs)
+        while self._reconcile_cids:
+            cids = [c for c in self._reconcile_cids if self._tracker.has_gap(c)
+                    or c in self._tracker.open_cids()]
+            self._reconcile_cids.clear()
+            try:
+                await self._catch_up(cids)
+            except BrokerError as exc:
+                log.warning("alpaca.reconcile_failed", error=str(exc))
+
+    async def _catch_up(self, cids: list[str]) -> int:
+        """Bring the given orders up to date from REST (orders + FILL activities)."""
+        if not cids:
+            return 0
+        snaps = []
+        for cid in cids:
+            o = await self._lookup(cid)
+            if o is not None:
+                snaps.append(o)
+        stamps = [t for o in snaps if (t := parse_ts(o.get("submitted_at"))) is not None]
+        since = min(stamps, default=None)
+        acts = await self._activities(since - timedelta(seconds=1)) if since else []
+        for o in snaps:
+            new_cid = None
+            if o.get("status") == "replaced" and o.get("replaced_by"):
+                new_cid = await self._cid_of(str(o["replaced_by"]))
+            self._tracker.apply_snapshot(o, acts, replaced_by_cid=new_cid, allow_synthetic=True)
+        return len(snaps)
+
+    def _report(self, event: OrderEvent) -> None:
+        log.debug("alpaca.event", domain_event=type(event).__name__,
+                  client_order_id=event.client_order_id)
+        self._sink(event)
+
+    # -- REST plumbing -------------------------------------------------------------------
+
+    def _c(self) -> TradingClient:
+        if self._client is None:
+            raise BrokerUnavailable("Alpaca broker is not started (use async with)")
+        return self._client
+
+    async def _io(self, what: str, fn: Callable[[], T], *, effectful: bool = False) -> T:
+        """One SDK call in a worker thread, within the rate budget; errors mapped."""
+        await self._budget.acquire()
+        io_ns = 0
+
+        def timed() -> T:
+            nonlocal io_ns
+            t = time.perf_counter_ns()
+            try:
+                return fn()
+            finally:
+                io_ns = time.perf_counter_ns() - t
+
+        t0 = time.perf_counter_ns()
+        try:
+            return await asyncio.to_thread(timed)
+        except APIError as exc:
+            raise map_http_error(exc.status_code or 0, str(exc), what=what,
+                                 effectful=effectful, scrub=self._scrub) from exc
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, what=what, effectful=effectful,
+                                      scrub=self._scrub) from exc
+        except ValueError as exc:  # SDK-side validation (pydantic): nothing was sent
+            raise BrokerRejected(f"{what}: {self._scrub(str(exc))[:300]}") from exc
+        finally:
+            self.timings.call_ns.append(time.perf_counter_ns() - t0)
+            self.timings.io_ns.append(io_ns)
+
+    async def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Idempotent calls: retried on transient errors with exponential backoff and
+        jitter; auth and rejections are raised at once."""
+        cfg = self._cfg
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(cfg.retry_attempts),
+            wait=wait_exponential_jitter(multiplier=cfg.retry_backoff_secs,
+                                         jitter=cfg.retry_backoff_secs,
+                                         max=cfg.retry_backoff_max_secs),
+            retry=retry_if_exception_type(BrokerUnavailable),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._io(what, fn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raw_open_orders(self) -> list[dict[str, Any]]:
+        req = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=False)
+        return self._c().get_orders(req)  # type: ignore[return-value]
+
+    async def _lookup(self, cid: str) -> dict[str, Any] | None:
+        """The order by client id in any status; None only on a definitive 404."""
+        try:
+            o = await self._retry("get_order", lambda: self._c().get_order_by_client_id(cid))
+        except BrokerRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return o  # type: ignore[return-value]
+
+    async def _cid_of(self, broker_id: str) -> str | None:
+        cid = self._tracker.cid_by_broker_id.get(broker_id)
+        if cid is None:
+            try:
+                o: Any = await self._retry(
+                    "get_order_by_id", lambda: self._c().get_order_by_id(broker_id))
+            except BrokerRejected:
+                return None
+            cid = str(o["client_order_id"])
+            self._tracker.cid_by_broker_id[broker_id] = cid
+        return cid
+
+    async def _activities(self, after: datetime | None) -> list[dict[str, Any]]:
+        """All FILL activities after ``after`` (oldest first), following pages."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"direction": "asc", "page_size": 100}
+        if after is not None:
+            params["after"] = after.astimezone(UTC).isoformat()
+        while True:
+            query = dict(params)
+            page: Any = await self._retry(
+                "fill_activities",
+                functools.partial(self._c().get, "/account/activities/FILL", query))
+            out.extend(page or [])
+            if not page or len(page) < params["page_size"]:
+                return out
+            params["page_token"] = page[-1]["id"]
+
+    # -- Broker: orders ----------------------------------------------------------------
+
+    async def submit(self, intent: OrderIntent) -> None:
+        """Send an order under ``intent.client_order_id``, exactly once.
+
+        Raises:
+            BrokerRejected: refused (validation, buying power); the order never existed.
+            AmbiguousSubmission: still unresolved after bounded lookups; it stays in flight.
+            BrokerUnavailable: certainly not placed (rate limited, connection refused).
+        """
+        req = self._order_request(intent)
+        cid = intent.client_order_id
+        self._tracker.track_intent(intent)
+        log.info("alpaca.submit", client_order_id=cid, symbol=intent.symbol,
+                 side=str(intent.side), qty=intent.qty, order_type=str(intent.order_type),
+                 tif=str(intent.time_in_force))
+        last: BrokerError | None = None
+        for attempt in range(1, self._cfg.submit_attempts + 1):
+            try:
+                o: Any = await self._io("submit_order", lambda: self._c().submit_order(req),
+                                        effectful=True)
+                self._adopt(o)
+                return
+            except BrokerRejected as exc:
+                if not is_duplicate_cid(exc):
+                    self._tracker.forget(cid)
+                    log.info("alpaca.rejected", client_order_id=cid, reason=str(exc))
+                    raise
+                log.info("alpaca.duplicate_cid", client_order_id=cid)  # an earlier try landed
+                last = exc
+            except AmbiguousSubmission as exc:
+                log.warning("alpaca.ambiguous", client_order_id=cid, attempt=attempt,
+                            error=str(exc))
+                last = exc
+            except BrokerAuthError:
+                self._tracker.forget(cid)
+                raise
+            except BrokerUnavailable as exc:  # nothing was placed: same id again is safe
+                log.warning("alpaca.submit_unavailable", client_order_id=cid, error=str(exc))
+                last = exc
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            if await self._resolve(cid):
+                return
+            await asyncio.sleep(self._backoff(attempt))
+        if isinstance(last, BrokerUnavailable):
+            self._tracker.forget(cid)
+            raise last
+        raise AmbiguousSubmission(
+            f"submit {cid}: outcome unknown after {self._cfg.submit_attempts} attempts "
+            f"({last}); resolve with get_order") from last
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self._cfg.retry_backoff_max_secs,
+                   self._cfg.retry_backoff_secs * 2 ** (attempt - 1))
+        return float(base / 2 + random.uniform(0, base / 2))
+
+    async def _resolve(self, cid: str) -> bool:
+        """After an ambiguous submit: True if the order exists (adopted); False on a
+        definitive 404 (so re-POSTing the same id is safe)."""
+        try:
+            o = await self._lookup(cid)
+        except BrokerError as exc:
+            raise AmbiguousSubmission(
+                f"submit {cid}: outcome unknown and lookup failed: {exc}") from exc
+        if o is None:
+            log.info("alpaca.not_found_after_ambiguity", client_order_id=cid)
+            return False
+        log.info("alpaca.adopted", client_order_id=cid, status=o.get("status"))
+        self._adopt(o)
+        return True
+
+    def _adopt(self, o: dict[str, Any]) -> None:
+        self._tracker.apply_snapshot(o, None)
+        cid = str(o["client_order_id"])
+        if self._tracker.has_gap(cid):  # filled before we saw it: let the stream catch up
+            self._schedule_reconcile(cid)
+
+    @staticmethod
+    def _order_request(intent: OrderIntent) -> OrderRequest:
+        order_body_fields(order_type=intent.order_type, limit_price=intent.limit_price,
+                          stop_price=intent.stop_price)
+        common: dict[str, Any] = {
+            "symbol": intent.symbol, "qty": intent.qty, "side": AlpacaSide(intent.side.value),
+            "time_in_force": AlpacaTif(intent.time_in_force.value),
+            "client_order_id": intent.client_order_id,
+        }
+        lp = float(intent.limit_price) if intent.limit_price is not None else None
+        sp = float(intent.stop_price) if intent.stop_price is not None else None
+        match intent.order_type:
+            case OrderType.MARKET:
+                return MarketOrderRequest(**common)
+            case OrderType.LIMIT:
+                return LimitOrderRequest(**common, limit_price=lp)
+            case OrderType.STOP:
+                return StopOrderRequest(**common, stop_price=sp)
+            case OrderType.STOP_LIMIT:
+                return StopLimitOrderRequest(**common, limit_price=lp, stop_price=sp)
+        raise BrokerRejected(f"unsupported order type {intent.order_type}")
+
+    async def _broker_id(self, cid: str) -> str:
+        order = self._tracker.orders.get(cid)
+        if order is not None and order.broker_order_id:
+            return order.broker_order_id
+        o = await self._lookup(cid)
+        if o is None:
+            raise BrokerRejected(f"order {cid} not found", status=404)
+        return str(o["id"])
+
+    async def cancel(self, client_order_id: str) -> None:
+        """Request a cancel; the outcome arrives as ``OrderCanceled`` (or fills).
+
+        A cancel that loses the race with the order's end (422: already filled or
+        canceled) is not an error: the order is reconciled and reported as it ended.
+        """
+        bid = await self._broker_id(client_order_id)
+        log.info("alpaca.cancel", client_order_id=client_order_id)
+        try:
+            await self._retry("cancel_order", lambda: self._c().cancel_order_by_id(bid))
+        except BrokerRejected as exc:
+            if exc.status != 422:
+                raise
+            log.info("alpaca.cancel_too_late", client_order_id=client_order_id, error=str(exc))
+            self._schedule_reconcile(client_order_id)
+
+    async def cancel_all(self) -> None:
+        log.info("alpaca.cancel_all")
+        res: Any = await self._retry("cancel_orders", lambda: self._c().cancel_orders())
+        failed = [r for r in res or [] if int(r.get("status", 200)) >= 400]
+        if failed:
+            log.warning("alpaca.cancel_all_partial", failed=len(failed))
+
+    async def replace(
+        self, client_order_id: str, new_client_order_id: str, *,
+        qty: int | None = None, limit_price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+    ) -> None:
+        """Replace an open order; the new order carries ``new_client_order_id`` and the
+        old one ends with ``OrderReplaced``."""
+        if client_order_id not in self._tracker.orders:
+            o = await self._lookup(client_order_id)
+            if o is None:
+                raise BrokerRejected(f"order {client_order_id} not found", status=404)
+            self._tracker.adopt(o)
+        bid = await self._broker_id(client_order_id)
+        self._tracker.track_replacement(client_order_id, new_client_order_id, qty,
+                                        limit_price, stop_price)
+        req = ReplaceOrderRequest(
+            qty=qty, client_order_id=new_client_order_id,
+            limit_price=float(limit_price) if limit_price is not None else None,
+            stop_price=float(stop_price) if stop_price is not None else None)
+        log.info("alpaca.replace", client_order_id=client_order_id,
+                 new_client_order_id=new_client_order_id)
+        try:
+            new: Any = await self._io("replace_order",
+                                    lambda: self._c().replace_order_by_id(bid, req),
+                                    effectful=True)
+        except AmbiguousSubmission:
+            if await self._lookup(new_client_order_id) is None:
+                raise
+            return
+        except BrokerError:
+            self._tracker.forget(new_client_order_id)
+            raise
+        self._tracker.cid_by_broker_id[str(new["id"])] = new_client_order_id
+
+    # -- Broker: queries ------------------------------------------------------------------
+
+    async def get_order(self, client_order_id: str) -> BrokerOrder | None:
+        o = await self._lookup(client_order_id)
+        return broker_order(o) if o is not None else None
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        return [broker_order(o) for o in await self._retry("open_orders", self._raw_open_orders)]
+
+    async def fills_since(self, since: datetime) -> list[BrokerFill]:
+        out = []
+        for a in await self._activities(since):
+            cid = await self._cid_of(str(a["order_id"]))
+            if cid is not None:
+                out.append(broker_fill(a, cid))
+        return out
+
+    async def positions(self) -> list[BrokerPosition]:
+        ps: Any = await self._retry("positions", lambda: self._c().get_all_positions())
+        return [broker_position(p) for p in ps]
+
+    async def account(self) -> AccountSnapshot:
+        a: Any = await self._retry("account", lambda: self._c().get_account())
+        positions = await self.positions()
+        return AccountSnapshot(
+            ts=self._clock.now(), cash=Decimal(str(a["cash"])), equity=Decimal(str(a["equity"])),
+            buying_power=Decimal(str(a["buying_power"])), positions=tuple(positions))
+
+    async def clock(self) -> MarketClock | None:
+        c: Any = await self._retry("clock", lambda: self._c().get_clock())
+        return market_clock(c)
+
+    async def calendar(self, start: date, end: date) -> list[TradingSession]:
+        """Trading sessions between ``start`` and ``end`` (inclusive), times in UTC."""
+        req = GetCalendarRequest(start=start, end=end)
+        rows: Any = await self._retry("calendar", lambda: self._c().get_calendar(req))
+        return [trading_session(r) for r in rows]
+
+
+class AlpacaBarFeed:
+    """Live minute bars from Alpaca's data stream, one ``BarBatch`` per minute.
+
+    Bars of one minute (bar start ``ts``) are grouped across symbols and delivered to
+    ``on_batch`` on the loop when every subscribed symbol has reported, when a bar of a
+    later minute arrives, or ``flush_after_secs`` after the minute's first bar.
+
+    Args:
+        cfg: endpoints, keys and ``feed`` (iex or sip).
+        symbols: what to subscribe to.
+        on_batch: called on the loop's thread with each ``BarBatch``.
+    """
+
+    def __init__(
+        self, cfg: AlpacaConfig, *, symbols: list[str], on_batch: Callable[[BarBatch], None],
+        flush_after_secs: float = 2.0, loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._symbols = list(dict.fromkeys(symbols))
+        self._on_batch = on_batch
+        self._flush_after = flush_after_secs
+        self._loop = loop
+        self._pending: dict[datetime, dict[str, tuple[float, float, float, float, float]]] = {}
+        self._timers: dict[datetime, asyncio.TimerHandle] = {}
+        self._stream: StockDataStream | None = None
+        self._thread: threading.Thread | None = None
+        self._hist: StockHistoricalDataClient | None = None
+        self._last_flushed: datetime | None = None
+        self._filter: ScrubFilter | None = None
+        self._scrub = Scrubber()
+
+    def __repr__(self) -> str:
+        return f"AlpacaBarFeed(data_url={self._cfg.data_url!r}, feed={self._cfg.feed!r})"
+
+    def _feed(self) -> DataFeed:
+        return DataFeed.SIP if self._cfg.feed == "sip" else DataFeed.IEX
+
+    def _historical(self) -> StockHistoricalDataClient:
+        if self._hist is None:
+            key, secret = _keys(self._cfg)
+            self._scrub = Scrubber(key, secret)
+            self._hist = StockHistoricalDataClient(
+                key, secret, raw_data=True, url_override=self._cfg.data_url.rstrip("/"))
+            _harden(self._hist, self._cfg.request_timeout_secs)
+        return self._hist
+
+    async def __aenter__(self) -> Self:
+        self._loop = self._loop or asyncio.get_running_loop()
+        key, secret = _keys(self._cfg)
+        self._scrub = Scrubber(key, secret)
+        self._filter = ScrubFilter(self._scrub)
+        self._filter.install()
+        url = ws_url(self._cfg.data_url, f"/v2/{self._cfg.feed}", data=True)
+        self._stream = StockDataStream(key, secret, feed=self._feed(), raw_data=True,
+                                       url_override=url)
+        self._stream._reconnect_min_backoff = self._cfg.reconnect_backoff_secs
+        loop = self._loop
+
+        async def on_bar(msg: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self._on_bar, msg)
+
+        self._stream.subscribe_bars(on_bar, *self._symbols)  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self._stream.run, name="alpaca.data_stream",
+                                        daemon=True)
+        self._thread.start()
+        log.info("alpaca.data_started", url=url, symbols=len(self._symbols))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stream, thread = self._stream, self._thread
+        if stream is not None:
+            async def shutdown() -> None:
+                await stream.stop_ws()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(stream.close(), 1.0)
+
+            def fallback() -> None:
+                stream._should_run = False
+                stream._stop_stream_queue.put_nowait({"should_stop": True})
+
+            await asyncio.to_thread(_thread_stop, lambda: stream._loop, shutdown, fallback,
+                                    thread)
+        for h in self._timers.values():
+            h.cancel()
+        for ts in sorted(self._pending):
+            self._flush(ts)
+        if self._filter is not None:
+            self._filter.uninstall()
+        self._stream = self._thread = None
+
+    def _on_bar(self, msg: dict[str, Any]) -> None:
+        t: Any = msg.get("t")
+        ts = t.to_datetime() if hasattr(t, "to_datetime") else parse_ts(t)
+        if ts is None or msg.get("S") is None:
+            return
+        ts = ts.astimezone(UTC)
+        if self._last_flushed is not None and ts <= self._last_flushed:
+            log.info("alpaca.late_bar", symbol=msg["S"], ts=ts.isoformat())
+            return
+        row = self._pending.setdefault(ts, {})
+        row[str(msg["S"])] = (float(msg["o"]), float(msg["h"]), float(msg["l"]),
+                              float(msg["c"]), float(msg["v"]))
+        for older in [k for k in self._pending if k < ts]:
+            self._flush(older)
+        if len(row) >= len(self._symbols):
+            self._flush(ts)
+        elif ts not in self._timers and self._loop is not None:
+            self._timers[ts] = self._loop.call_later(self._flush_after, self._flush, ts)
+
+    def _flush(self, ts: datetime) -> None:
+        row = self._pending.pop(ts, None)
+        timer = self._timers.pop(ts, None)
+        if timer is not None:
+            timer.cancel()
+        if not row:
+            return
+        self._last_flushed = max(ts, self._last_flushed or ts)
+        self._on_batch(_batch(ts, row, time.perf_counter_ns()))
+
+    async def warmup_bars(self, symbols: list[str], start: datetime,
+                          end: datetime) -> list[BarBatch]:
+        """Historical minute bars in ``[start, end]`` as batches, oldest first (the SDK
+        follows ``next_page_token`` until the range is complete)."""
+        hist = self._historical()
+        req = StockBarsRequest(symbol_or_symbols=symbols, timeframe=TimeFrame.Minute,
+                               start=start, end=end, feed=self._feed())
+        try:
+            raw: Any = await asyncio.to_thread(hist.get_stock_bars, req)
+        except APIError as exc:
+            raise map_http_error(exc.status_code or 0, str(exc), what="stock_bars",
+                                 effectful=False, scrub=self._scrub) from exc
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, what="stock_bars", effectful=False,
+                                      scrub=self._scrub) from exc
+        by_ts: dict[datetime, dict[str, tuple[float, float, float, float, float]]] = {}
+        for sym, bars in (raw or {}).items():
+            for b in bars:
+                ts = parse_ts(b["t"])
+                assert ts is not None
+                by_ts.setdefault(ts, {})[sym] = (float(b["o"]), float(b["h"]), float(b["l"]),
+                                                 float(b["c"]), float(b["v"]))
+        return [_batch(ts, by_ts[ts], 0) for ts in sorted(by_ts)]
+
+
+def _batch(ts: datetime, row: dict[str, tuple[float, float, float, float, float]],
+           received_ns: int) -> BarBatch:
+    syms = tuple(sorted(row))
+    arr = np.array([row[s] for s in syms], dtype=np.float64).reshape(len(syms), 5)
+    return BarBatch(ts=ts, symbols=syms, open=arr[:, 0].copy(), high=arr[:, 1].copy(),
+                    low=arr[:, 2].copy(), close=arr[:, 3].copy(), volume=arr[:, 4].copy(),
+                    received_ns=received_ns)
