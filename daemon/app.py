@@ -40,6 +40,7 @@ from config.settings import Settings
 from daemon.bus import Bus
 from daemon.clock import Clock, ReplayClock, Timers, WallClock
 from daemon.control import ControlServer
+from daemon.durable import DurableBroker
 from daemon.errors import HandlerFailed
 from daemon.events import (
     BarBatch,
@@ -110,9 +111,12 @@ class Daemon:
                                               state_dir=self.state_dir)
         self.portfolio = Portfolio(settings.broker.paper.initial_cash, publish=self.bus.publish)
         # journaling=False exists for the journal benchmark only: no journal, no recovery.
-        self.journal = (Journal(self.state_dir / JOURNAL_FILE, clock=self.clock)
-                        if journaling else None)
-        self.orders = OrderManager(self.broker, clock=self.clock, publish=self.bus.publish,
+        self.journal = (Journal(self.state_dir / JOURNAL_FILE, clock=self.clock,
+                                group_commit=True) if journaling else None)
+        # The order manager submits through DurableBroker: each intent is fsynced before
+        # its broker call, one fsync per burst of intents (see daemon.journal).
+        submitter = DurableBroker(self.broker, self.journal) if self.journal else self.broker
+        self.orders = OrderManager(submitter, clock=self.clock, publish=self.bus.publish,
                                    submit_timeout=settings.daemon.execution_timeout_secs,
                                    on_intent=self.journal.record_intent if self.journal else None)
         self.reconciler = Reconciler(

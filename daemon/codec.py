@@ -45,9 +45,27 @@ def encode(value: Any) -> Any:
     return str(value)
 
 
+def _default(value: Any) -> Any:
+    # Called by the C encoder only for what JSON lacks; str enums never get here.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: getattr(value, name) for name in _field_names(type(value))}
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), default=_default)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON of ``encode(value)``."""
-    return json.dumps(encode(value), separators=(",", ":"))
+    """Compact JSON of ``value``; the same document as ``json.dumps(encode(value))``."""
+    return _encoder.encode(value)
 
 
 def decode(cls: type[T], data: Any) -> T:

@@ -14,9 +14,14 @@ event's own timestamp, else the clock's), ``payload`` the JSON of the event's fi
 Durability policy (the file is in WAL mode with ``synchronous=FULL``):
 
 * **Order intents** are written by ``record_intent``, the ``OrderManager``'s ``on_intent``
-  hook, which runs *before* the order goes to the broker. It commits the intent, together
-  with every row buffered before it, in one fsynced transaction. A crash after the broker
-  call can therefore always be resolved by looking the order up by ``client_order_id``.
+  hook, which runs *before* the order goes to the broker. Every intent is fsynced
+  before its broker call: by default at once (one commit per intent); with
+  ``group_commit`` the hook only buffers it, and ``DurableBroker.submit`` (the broker as
+  the order manager sees it) commits every owed intent in one fsynced transaction just
+  before the first of them is sent. One signal batch that yields ten orders then costs
+  one fsync, not ten, and no intent ever reaches the broker before it is on disk. A crash
+  after the broker call can therefore always be resolved by looking the order up by
+  ``client_order_id``.
   ``TradingStateChanged`` and ``BooksSnapshot`` rows are written the same way.
 * **Everything else** is buffered and committed every ``batch_rows`` rows or every
   ``flush_interval`` seconds, whichever comes first, and on close. A SIGKILL can lose
@@ -125,6 +130,7 @@ class Journal:
         clock: Clock | None = None,
         batch_rows: int = 256,
         flush_interval: float = 0.2,
+        group_commit: bool = False,
     ) -> None:
         self.path = path
         self._clock: Clock = clock or WallClock()
@@ -134,6 +140,8 @@ class Journal:
         self._buffer: list[_Row] = []
         self._symbols: dict[str, str] = {}  # client_order_id -> symbol, to label acks
         self._task: asyncio.Task[None] | None = None
+        self._group_commit = group_commit
+        self._owed = 0  # intents buffered but not yet fsynced (group commit)
         self.rows_written = 0
         self.durable_writes = 0
         self.fsync_secs = 0.0
@@ -219,7 +227,14 @@ class Journal:
         self._symbols[intent.client_order_id] = intent.symbol
         self.append("OrderIntent", intent, ts=intent.ts,
                     client_order_id=intent.client_order_id, symbol=intent.symbol,
-                    durable=True)
+                    durable=not self._group_commit)
+        if self._group_commit:
+            self._owed += 1
+
+    def ensure_durable(self) -> None:
+        """Fsync every intent still owed (group commit); a no-op when none is."""
+        if self._owed:
+            self.sync()
 
     def flush(self) -> None:
         """Commit buffered rows in one transaction."""
@@ -227,6 +242,7 @@ class Journal:
             return
         db = self._require()
         rows, self._buffer = self._buffer, []
+        owed, self._owed = self._owed, 0
         db.execute("BEGIN")
         try:
             db.executemany(_INSERT, rows)
@@ -234,6 +250,7 @@ class Journal:
         except BaseException:
             db.execute("ROLLBACK")
             self._buffer = rows + self._buffer
+            self._owed += owed
             raise
         self.rows_written += len(rows)
 

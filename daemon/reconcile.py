@@ -436,7 +436,9 @@ class Reconciler:
                 f"{d.what} {d.client_order_id}" for d in unexplained))
         counts = {k: len(report.of(k)) for k in (IN_FLIGHT, EXPLAINED, UNEXPLAINED)}
         log.info("reconcile.done", reason=report.reason, ok=report.ok, **counts)
-        if self._journal is not None:
+        if self._journal is not None and (report.differences or report.reason != "tick"):
+            # A clean periodic pass is a log line; anything found (or a start/recovery
+            # pass) is on the record.
             self._journal.append("ReconcileResult", report.payload(), ts=report.ts,
                                  durable=bool(unexplained))
             if unexplained:

@@ -162,14 +162,18 @@ class EquityMarker:
         if day != self.day or self.start_of_day_equity is None:
             self.day, self.start_of_day_equity = day, equity
         self.peak_equity = equity if self.peak_equity is None else max(self.peak_equity, equity)
+        held = [v for v in p.positions.values() if v.qty]
+        # unrealized = market value - cost of what is held (cheaper than per-symbol views)
+        cost = sum((v.avg_price * v.qty for v in held), Decimal(0))
         payload = {
             "day": day, "equity": str(equity), "cash": str(p.cash),
             "gross_exposure": str(p.gross_exposure()), "net_exposure": str(p.net_exposure()),
-            "realized_pnl": str(p.realized_pnl()), "unrealized_pnl": str(p.unrealized_pnl()),
+            "realized_pnl": str(p.realized_pnl()),
+            "unrealized_pnl": str(p.net_exposure() - cost),
             "start_of_day_equity": str(self.start_of_day_equity),
             "peak_equity": str(self.peak_equity), "bars": self._stats.bar_batches,
-            "prices": {s: p.last_price[s] for s, v in p.positions.items()
-                       if v.qty and s in p.last_price},
+            "prices": {v.symbol: p.last_price[v.symbol] for v in held
+                       if v.symbol in p.last_price},
         }
         if self._journal is not None:
             self._journal.append("EquityMark", payload, ts=ts)

@@ -14,12 +14,13 @@ import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from brokers._paper_store import PaperStore
-from daemon.journal import JOURNAL_FILE, Journal
+from daemon.journal import JOURNAL_FILE, Journal, JournalRow
 from tests.data import SAMPLE_CSV, require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def _lives(replay: Path, state: Path, logs: Path, rng: random.Random) -> list[st
 @pytest.mark.slow
 class TestCrash:
     def test_sigkill_at_random_points_then_exactly_once_and_books_match_broker(
-            self, tmp_path: Path):
+            self, tmp_path: Path) -> None:
         # Arrange
         replay, state, logs = _replay_csv(tmp_path), tmp_path / "state", tmp_path / "logs"
         logs.mkdir()
@@ -103,7 +104,7 @@ class TestCrash:
         stored.close()
         assert account is not None
         journal = Journal(state / JOURNAL_FILE).open()
-        intents = [r for r in journal.rows(types=("OrderIntent",))]
+        intents = list(journal.rows(types=("OrderIntent",)))
         fills = [r.payload["fill"] for r in journal.rows(types=("OrderFilled",))]
         journal.close()
         self._exactly_once(intents, fills, account.orders, account.fills)
@@ -111,7 +112,8 @@ class TestCrash:
         self._no_drift(logs)
 
     @staticmethod
-    def _exactly_once(intents, fills, broker_orders, broker_fills) -> None:  # type: ignore[no-untyped-def]
+    def _exactly_once(intents: list[JournalRow], fills: list[dict[str, Any]],
+                      broker_orders: list[Any], broker_fills: list[Any]) -> None:
         per_cid = Counter(r.client_order_id for r in intents)
         assert [c for c, n in per_cid.items() if n > 1] == []
         signal_of = {r.client_order_id: (r.payload.get("signal") or {}).get("id")
@@ -128,7 +130,7 @@ class TestCrash:
         assert max(journaled.values()) == 1
 
     @staticmethod
-    def _books_match(state: Path, cash: Decimal, positions) -> None:  # type: ignore[no-untyped-def]
+    def _books_match(state: Path, cash: Decimal, positions: list[Any]) -> None:
         status = json.loads((state / "status.json").read_text())
         ours = {s: p["qty"] for s, p in status["positions"].items()}
         assert ours == {p.symbol: p.qty for p in positions if p.qty}
