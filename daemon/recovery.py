@@ -49,6 +49,7 @@ from portfolio import Portfolio
 
 log = structlog.get_logger("daemon.recovery")
 
+_TICK = Decimal("0.0001")
 ORDER_EVENT_TYPES = tuple(
     name for name, cls in EVENT_TYPES.items()
     if issubclass(cls, OrderEvent) and name != "OrderSubmitted"
@@ -168,8 +169,8 @@ class EquityMarker:
         payload = {
             "day": day, "equity": str(equity), "cash": str(p.cash),
             "gross_exposure": str(p.gross_exposure()), "net_exposure": str(p.net_exposure()),
-            "realized_pnl": str(p.realized_pnl()),
-            "unrealized_pnl": str(p.net_exposure() - cost),
+            "realized_pnl": str(p.realized_pnl().quantize(_TICK)),
+            "unrealized_pnl": str((p.net_exposure() - cost).quantize(_TICK)),
             "start_of_day_equity": str(self.start_of_day_equity),
             "peak_equity": str(self.peak_equity), "bars": self._stats.bar_batches,
             "prices": {v.symbol: p.last_price[v.symbol] for v in held
