@@ -191,6 +191,7 @@ class Daemon:
         bus.subscribe(OrderFilled, self.portfolio.on_fill)
         bus.subscribe(RiskTick, self.marker.on_tick)
         bus.subscribe(RiskTick, self._on_risk_tick)
+        bus.subscribe(ReconcileTick, self._on_reconcile_tick)
         self.reconciler.attach(bus)
         self.stats.attach(bus)
         self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
@@ -253,7 +254,8 @@ class Daemon:
                 # The journal is entered first so it is closed (flushed) last.
                 if self.journal is not None:
                     await stack.enter_async_context(self.journal)
-                for component in (self.broker, self.orders, self.reconciler, self.control):
+                for component in (self.broker, self.orders, self.reconciler, self.control,
+                                  self._live_feed()):
                     await stack.enter_async_context(component)
                 await self._start_books()
                 tasks = self._start_tasks()
@@ -279,11 +281,33 @@ class Daemon:
                  replay=str(self.settings.feed.replay or "demo"), speed=self.settings.feed.speed,
                  state_dir=str(d.state_dir), pid=os.getpid())
 
+    def _live_feed(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Live bars enter through the inbox, coalesced if the bus falls behind."""
+        if self.settings.feed.source != "alpaca":
+            return contextlib.nullcontext()
+        from brokers.alpaca import AlpacaBarFeed
+
+        return AlpacaBarFeed(self.settings.broker.alpaca, symbols=self.settings.feed.symbols,
+                             on_batch=self.inbox.put_bars)
+
+    async def _refresh_market_clock(self) -> None:
+        """The gate prefers the broker's clock for MARKET_CLOSED when the broker has one."""
+        try:
+            self.market.set_broker_clock(await self.broker.clock())
+        except Exception as exc:  # a failed clock read keeps the calendar in charge
+            log.warning("market.clock_failed", error=repr(exc))
+
+    def _on_reconcile_tick(self, tick: ReconcileTick) -> None:
+        if not self.replaying:
+            self._spawn(self._refresh_market_clock(), "market.clock")
+
     async def _start_books(self) -> None:
         """Rebuild the session from the journal and reconcile it with the broker (the
         source of truth for cash and positions) before any signal is accepted. The
         reconciler's ``ready`` (``BrokerStatusChanged``) is what lets the gate stop
         denying RECONCILING."""
+        if not self.replaying:
+            await self._refresh_market_clock()
         if self.journal is None:
             account = await self.broker.account()
             self.portfolio.restore(account.cash, await self.broker.positions())
@@ -317,6 +341,8 @@ class Daemon:
             self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
             self._task(self.killswitch.watch(), "risk.kill_switch"),
         ]
+        if self.orders.worker is not None:
+            self.orders.worker.add_done_callback(self._on_task_done)
         if self.replaying:
             tasks.append(self._task(self._replay(), "feed.replay"))
         else:
@@ -404,7 +430,8 @@ class Daemon:
             if t.get_name() == "feed.replay":
                 t.cancel()
         try:
-            await asyncio.wait_for(self.orders.drained(), grace)
+            async with asyncio.timeout(grace):
+                await self.orders.drained()
         except TimeoutError:
             log.warning("daemon.shutdown_timeout", grace_secs=grace)
         for t in [*tasks, *self._side_tasks]:

@@ -100,6 +100,11 @@ class OrderManager:
         self._task = asyncio.create_task(self._worker(), name="orders.submit")
         return self
 
+    @property
+    def worker(self) -> asyncio.Task[None] | None:
+        """The submission task; the daemon watches it (a dead worker stops the daemon)."""
+        return self._task
+
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -174,8 +179,7 @@ class OrderManager:
             # Streams replay and reorder; reconciliation with the broker settles it.
             self.stats["illegal_transition"] += 1
             log.warning("order.illegal_transition", client_order_id=order.client_order_id,
-                        status=str(order.status), event_type=type(event).__name__,
-                        error=str(exc))
+                        status=str(order.status), event_type=type(event).__name__, error=str(exc))
             return
         except OverfillError as exc:
             self.stats["overfill"] += 1
@@ -269,16 +273,19 @@ class OrderManager:
         """Ask the broker to cancel; the ``canceled`` report comes back as usual. A refusal
         means the order is already done at the broker: read it back and adopt that."""
         try:
-            await asyncio.wait_for(self._broker.cancel(client_order_id), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._broker.cancel(client_order_id)
         except BrokerRejected as exc:
             log.info("order.cancel_refused", client_order_id=client_order_id, error=str(exc))
             await self.resolve(client_order_id)
         except (BrokerError, TimeoutError) as exc:
+            # Still open here; the next cancel or reconciliation settles it.
             log.warning("order.cancel_failed", client_order_id=client_order_id, error=repr(exc))
 
     async def _cancel_all(self) -> None:
         try:
-            await asyncio.wait_for(self._broker.cancel_all(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._broker.cancel_all()
         except (BrokerError, TimeoutError) as exc:
             log.warning("order.cancel_all_failed", error=repr(exc))
 
@@ -298,7 +305,10 @@ class OrderManager:
     async def _submit(self, intent: OrderIntent) -> None:
         cid = intent.client_order_id
         try:
-            await asyncio.wait_for(self._broker.submit(intent), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the call completes, and __aexit__ would then wait forever.
+            async with asyncio.timeout(self._timeout):
+                await self._broker.submit(intent)
         except BrokerRejected as exc:
             self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
                                          reason=str(exc)))
@@ -319,8 +329,8 @@ class OrderManager:
         reconciliation marks it abandoned.
         """
         try:
-            found = await asyncio.wait_for(self._broker.get_order(client_order_id),
-                                           self._timeout)
+            async with asyncio.timeout(self._timeout):
+                found = await self._broker.get_order(client_order_id)
         except (BrokerError, TimeoutError) as exc:
             log.warning("order.lookup_failed", client_order_id=client_order_id, error=repr(exc))
             return None

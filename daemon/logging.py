@@ -33,15 +33,25 @@ def scrub(text: str) -> str:
     return text
 
 
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, BaseException):
+        return scrub(repr(value))
+    # Containers are rendered element by element (JSON), so scrub inside them too.
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub_value(v) for v in value]
+    return value
+
+
 def _scrub_processor(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     if _SECRETS:
         for key, value in event_dict.items():
-            if isinstance(value, str):
-                event_dict[key] = scrub(value)
-            elif isinstance(value, BaseException):
-                event_dict[key] = scrub(repr(value))
+            event_dict[key] = _scrub_value(value)
     return event_dict
 
 

@@ -3,6 +3,7 @@ replaying reported events through the daemon's order state machine."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -94,6 +95,9 @@ class Harness:
 
     async def submit(self, it: OrderIntent) -> OrderIntent:
         await self.broker.submit(it)
+        # With a store, submissions are group-committed at the end of the loop iteration
+        # and acknowledged after the write: let the loop turn once.
+        await asyncio.sleep(0)
         self.intents[it.client_order_id] = it
         return it
 
