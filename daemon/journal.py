@@ -157,6 +157,7 @@ class Journal:
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db = db
+        self.flush()  # facts published before the journal opened (e.g. a kill switch)
         for cid, sym in db.execute("SELECT client_order_id, symbol FROM journal "
                                    "WHERE type='OrderIntent'"):
             self._symbols[cid] = sym
@@ -224,6 +225,7 @@ class Journal:
     def record_intent(self, intent: OrderIntent) -> None:
         """The ``OrderManager`` ``on_intent`` hook: journal the intent durably (fsync)
         before the broker sees it. A failure here raises, so the order is never sent."""
+        self._require()  # an intent that cannot be journaled must not reach the broker
         self._symbols[intent.client_order_id] = intent.symbol
         self.append("OrderIntent", intent, ts=intent.ts,
                     client_order_id=intent.client_order_id, symbol=intent.symbol,
@@ -238,9 +240,9 @@ class Journal:
 
     def flush(self) -> None:
         """Commit buffered rows in one transaction."""
-        if not self._buffer:
-            return
-        db = self._require()
+        if not self._buffer or self._db is None:
+            return  # not open yet: rows wait in the buffer and are written on open
+        db = self._db
         rows, self._buffer = self._buffer, []
         owed, self._owed = self._owed, 0
         db.execute("BEGIN")
