@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO := data/demo
 RUN_STATE ?= state/demo
 
-.PHONY: install run test lint typecheck bench demo-data clean
+.PHONY: install run test lint typecheck bench demo-data model clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,16 +18,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(DEMO)/day.csv: $(STAMP) signals/demodata.py
-	$(BIN)/python -m signals.demodata --out $@ --days 1 --first-day 2024-03-18 --seed 11
+# Ten days of the project's own demo bars to train on, and the day after them to trade.
+$(DEMO)/train.csv $(DEMO)/day.csv &: $(STAMP) signals/demodata.py
+	$(BIN)/python -m signals.demodata --out $(DEMO)/train.csv --last-day-to $(DEMO)/day.csv \
+		--days 11 --symbols 50 --seed 7
 
-demo-data: $(DEMO)/day.csv
+demo-data: $(DEMO)/train.csv $(DEMO)/day.csv
 
-# A fresh paper account each time: the demo replays the same day, and a persistent paper
-# account would (rightly) refuse the same deterministic order ids a second time.
-run: $(STAMP) $(DEMO)/day.csv
+# A small XGBoost model trained by the project's own command on the demo bars.
+$(DEMO)/model/model.ubj: $(DEMO)/train.csv signals/features.py signals/train.py
+	$(BIN)/tradingd train --bars $(DEMO)/train.csv --out $(DEMO)/model --small
+
+model: $(DEMO)/model/model.ubj
+
+# The embedded default: the model signal source on the paper broker, replaying the demo
+# day as fast as possible. A fresh paper account each time: the same day replayed again
+# would (rightly) be refused the same deterministic order ids by a persistent account.
+run: $(STAMP) $(DEMO)/day.csv $(DEMO)/model/model.ubj
 	rm -rf $(RUN_STATE)
-	$(BIN)/tradingd run --replay $(DEMO)/day.csv --speed max --state-dir $(RUN_STATE)
+	TRADINGD_SIGNALS__MODEL__ENABLED=true \
+	TRADINGD_SIGNALS__MODEL__MODEL_PATH=$(DEMO)/model/model.ubj \
+		$(BIN)/tradingd run --replay $(DEMO)/day.csv --speed max --state-dir $(RUN_STATE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly --durations=15

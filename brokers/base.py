@@ -53,7 +53,11 @@ class BrokerOrder:
 
 @dataclass(frozen=True, slots=True)
 class BrokerFill:
-    """One execution as the broker lists it (for reconciling fills missed on a stream)."""
+    """One execution as the broker lists it (for reconciling fills missed on a stream).
+
+    ``commission`` defaults to zero so adapters without fees need not set it; a broker
+    that charges must report it, or reconciliation sees the fee as cash drift.
+    """
 
     execution_id: str
     client_order_id: str
@@ -62,6 +66,7 @@ class BrokerFill:
     qty: int
     price: Decimal
     ts: datetime
+    commission: Decimal = Decimal(0)
 
 
 @runtime_checkable

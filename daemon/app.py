@@ -5,6 +5,13 @@ Flow: bar batch -> (paper broker matching) -> portfolio marks -> signal sources 
 ``SignalBatch`` -> sizing -> ``PlaceOrder`` -> gate -> ``SubmitOrder`` -> order manager ->
 broker -> reports -> order manager -> ``OrderFilled`` -> portfolio.
 
+Durability: every state-changing event is journaled (``daemon.journal``); each order
+intent is fsynced there before it reaches the broker. At start the session is rebuilt
+from the journal and reconciled with the broker (``daemon.recovery``) before the feed
+starts; ``ready`` stays False until then, and again while a reconnected broker is being
+reconciled (``daemon.reconcile``). A replay restarted on the same state directory resumes
+after the last bar it journaled.
+
 Tasks owned (all named): ``feed.replay`` (or the live feed), ``bus.pump`` (drains the
 inbox of broker/MQTT/live-bar messages), ``orders.submit``, ``timers`` (live),
 ``sdnotify.watchdog``; with ``signals.mqtt.enabled`` the MQTT bridge (external signals
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -34,6 +42,7 @@ from config.settings import Settings
 from daemon.bus import Bus
 from daemon.clock import Clock, ReplayClock, Timers, WallClock
 from daemon.control import ControlServer
+from daemon.durable import DurableBroker
 from daemon.errors import HandlerFailed
 from daemon.events import (
     BarBatch,
@@ -52,6 +61,9 @@ from daemon.events import (
 from daemon.execution import OrderManager
 from daemon.feed import BarTape, Pacer
 from daemon.inbox import Inbox
+from daemon.journal import JOURNAL_FILE, Journal
+from daemon.reconcile import Reconciler, books_snapshot
+from daemon.recovery import EquityMarker, Recovered, recover
 from daemon.sdnotify import Notifier
 from daemon.stats import SessionStats
 from portfolio import Portfolio
@@ -64,7 +76,7 @@ from risk.marks import EquityMarks
 from risk.modes import ExecutionModes
 from risk.monitor import RiskMonitor
 from risk.sizing import Sizer
-from risk.state import TradingStatus
+from risk.state import TradingState, TradingStatus
 from risk.wiring import wire_risk
 from signals.demo import MomentumRule
 
@@ -85,6 +97,7 @@ class Daemon:
         *,
         broker: Broker | None = None,
         environ: dict[str, str] | None = None,
+        journaling: bool = True,
     ) -> None:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
@@ -102,8 +115,23 @@ class Daemon:
                                               sink=self._on_broker_event,
                                               state_dir=self.state_dir)
         self.portfolio = Portfolio(settings.broker.paper.initial_cash, publish=self.bus.publish)
-        self.orders = OrderManager(self.broker, clock=self.clock, publish=self.bus.publish,
-                                   submit_timeout=settings.daemon.execution_timeout_secs)
+        # journaling=False exists for the journal benchmark only: no journal, no recovery.
+        self.journal = (Journal(self.state_dir / JOURNAL_FILE, clock=self.clock,
+                                group_commit=True) if journaling else None)
+        # The order manager submits through DurableBroker: each intent is fsynced before
+        # its broker call, one fsync per burst of intents (see daemon.journal).
+        submitter = DurableBroker(self.broker, self.journal) if self.journal else self.broker
+        self.orders = OrderManager(submitter, clock=self.clock, publish=self.bus.publish,
+                                   submit_timeout=settings.daemon.execution_timeout_secs,
+                                   on_intent=self.journal.record_intent if self.journal else None)
+        self.reconciler = Reconciler(
+            self.broker, orders=self.orders, portfolio=self.portfolio, clock=self.clock,
+            publish=self.bus.publish, journal=self.journal,
+            trading_state=lambda: str(self.risk_state.state),
+            on_failure=self._on_component_failure,
+            grace_secs=settings.daemon.execution_timeout_secs)
+        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock)
+        self.recovered: Recovered | None = None
         self.sizer = Sizer(settings.risk, equity=self.portfolio.equity,
                            holding=self._holding, send=self.bus.send)
         self.timers = Timers(self.clock, self.bus.publish)
@@ -152,12 +180,20 @@ class Daemon:
 
     def _wire(self) -> None:
         bus, cfg = self.bus, self.settings
+        if self.journal is not None:
+            self.journal.attach(bus)
         on_bars = getattr(self.broker, "on_bars", None)
         if on_bars is not None:  # the paper broker matches orders against each bar first
             bus.subscribe(BarBatch, on_bars)
         bus.subscribe(BarBatch, self.portfolio.on_bars)
         bus.subscribe(BarBatch, self._count_batch)
-        if cfg.signals.demo.enabled and not cfg.signals.model.enabled:
+        if cfg.signals.model.enabled:
+            from signals.model import ModelSignalSource  # imports xgboost: only when used
+
+            self.model = ModelSignalSource(cfg.signals.model, publish=bus.publish,
+                                           clock=self.clock)
+            bus.subscribe(BarBatch, self.model.on_bars)
+        elif cfg.signals.demo.enabled:
             bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
         bus.subscribe(SignalBatch, self.sizer.on_signals)
         wire_risk(bus, gate=self.gate, state=self.risk_state, monitor=self.monitor)
@@ -165,7 +201,10 @@ class Daemon:
         bus.register(CancelOrder, self.orders.execute_cancel)
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
         bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        bus.subscribe(RiskTick, self.marker.on_tick)
         bus.subscribe(RiskTick, self._on_risk_tick)
+        bus.subscribe(ReconcileTick, self._on_reconcile_tick)
+        self.reconciler.attach(bus)
         self.stats.attach(bus)
         self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
                           lambda ts: ReconcileTick(ts=ts))
@@ -203,12 +242,22 @@ class Daemon:
         self._fatal = failure
         self.request_stop(f"handler failed: {failure}")
 
+    def _on_component_failure(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self.request_stop(f"component failed: {exc!r}")
+
     def _on_risk_tick(self, tick: RiskTick) -> None:
         # Status is for operators: at most once a wall second, however fast the replay.
         now = time.monotonic()
         if now - self._status_written >= 1.0:
             self._status_written = now
             self.write_status()
+
+    @property
+    def ready(self) -> bool:
+        """True once the books are reconciled with the broker (the gate denies
+        ``RECONCILING`` while False)."""
+        return self.reconciler.ready
 
     # -- run -----------------------------------------------------------------------------
 
@@ -229,9 +278,23 @@ class Daemon:
         self.market.warm()
         self.killswitch.install_signal_handler(loop)
         try:
-            mqtt = self.mqtt or contextlib.nullcontext()
-            async with self.broker, self.orders, self.control, mqtt:
+            async with contextlib.AsyncExitStack() as stack:
+                # The journal is entered first so it is closed (flushed) last.
+                if self.journal is not None:
+                    await stack.enter_async_context(self.journal)
+                # Runs after the broker has closed its streams (every report it handed
+                # over is applied) and before the journal closes: the books are final.
+                stack.push_async_callback(self._final_books)
+                for component in (self.broker, self.orders, self.reconciler, self.control,
+                                  self._live_feed()):
+                    await stack.enter_async_context(component)
+                if self.mqtt is not None:  # last in, first out: ingress stops first
+                    await stack.enter_async_context(self.mqtt)
                 await self._start_books()
+                # Everything built at start-up lives all day: move it out of the cyclic GC's
+                # way (full collections over it cost tens of ms on the hot path).
+                gc.collect()
+                gc.freeze()
                 tasks = self._start_tasks()
                 self.notifier.ready(f"trading {self.settings.broker.kind}")
                 log.info("daemon.ready", broker=self.broker.name, state_dir=str(self.state_dir))
@@ -255,16 +318,59 @@ class Daemon:
                  replay=str(self.settings.feed.replay or "demo"), speed=self.settings.feed.speed,
                  state_dir=str(d.state_dir), pid=os.getpid())
 
+    def _live_feed(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Live bars enter through the inbox, coalesced if the bus falls behind."""
+        if self.settings.feed.source != "alpaca":
+            return contextlib.nullcontext()
+        from brokers.alpaca import AlpacaBarFeed
+
+        return AlpacaBarFeed(self.settings.broker.alpaca, symbols=self.settings.feed.symbols,
+                             on_batch=self.inbox.put_bars)
+
+    async def _refresh_market_clock(self) -> None:
+        """The gate prefers the broker's clock for MARKET_CLOSED when the broker has one."""
+        try:
+            self.market.set_broker_clock(await self.broker.clock())
+        except Exception as exc:  # a failed clock read keeps the calendar in charge
+            log.warning("market.clock_failed", error=repr(exc))
+
+    def _on_reconcile_tick(self, tick: ReconcileTick) -> None:
+        if not self.replaying:
+            self._spawn(self._refresh_market_clock(), "market.clock")
+
     async def _start_books(self) -> None:
-        """The broker is the source of truth for cash and positions at start."""
-        account = await self.broker.account()
-        self.portfolio.restore(account.cash, await self.broker.positions())
+        """Rebuild the session from the journal and reconcile it with the broker (the
+        source of truth for cash and positions) before any signal is accepted. The
+        reconciler's ``ready`` (``BrokerStatusChanged``) is what lets the gate stop
+        denying RECONCILING."""
+        if not self.replaying:
+            await self._refresh_market_clock()
+        if self.journal is None:
+            account = await self.broker.account()
+            self.portfolio.restore(account.cash, await self.broker.positions())
+            await self.reconciler.reconcile("start", gate=True, startup=True)
+        else:
+            self.journal.append("SessionStarted", {"pid": os.getpid(),
+                                                   "mode": self.settings.daemon.mode,
+                                                   "broker": self.broker.name}, durable=True)
+            self.recovered = await recover(
+                journal=self.journal, broker=self.broker, orders=self.orders,
+                portfolio=self.portfolio, stats=self.stats, marker=self.marker,
+                reconciler=self.reconciler, clock=self.clock)
+            self._restore_risk(self.recovered)
         self.gate.invalidate()
-        log.info("portfolio.restored", cash=str(account.cash), equity=str(account.equity),
-                 positions=len(self.portfolio.positions))
-        # Books confirmed with the broker: the gate stops denying RECONCILING.
-        self.bus.publish(BrokerStatusChanged(broker=self.broker.name, status="ready",
-                                             ts=self.clock.now(), detail="start-up books"))
+        log.info("portfolio.restored", cash=str(self.portfolio.cash),
+                 equity=str(self.portfolio.equity()), positions=len(self.portfolio.positions))
+
+    def _restore_risk(self, recovered: Recovered) -> None:
+        """Loss limits keep measuring from the journaled marks; a halt survives a restart."""
+        m = self.marker
+        if m.day:
+            self.marks.restore(m.day, m.start_of_day_equity, m.peak_equity)
+        was = recovered.trading_state
+        if was and was != str(self.risk_state.state):
+            self.risk_state.request(TradingState(was), who="recovery",
+                                    why=f"trading state before the restart was {was}")
 
     def _start_tasks(self) -> list[asyncio.Task[None]]:
         tasks = [
@@ -272,6 +378,8 @@ class Daemon:
             self._task(self.notifier.watchdog(), "sdnotify.watchdog"),
             self._task(self.killswitch.watch(), "risk.kill_switch"),
         ]
+        if self.orders.worker is not None:
+            self.orders.worker.add_done_callback(self._on_task_done)
         if self.replaying:
             tasks.append(self._task(self._replay(), "feed.replay"))
         else:
@@ -315,9 +423,17 @@ class Daemon:
         interval = tape.interval
         log.info("feed.replay_start", batches=len(tape), rows=tape.rows,
                  symbols=len(tape.symbols))
+        resume = self.recovered.resume_after if self.recovered else None
+        skipped = 0
         for batch in tape.batches():
             if self._stop.is_set():
                 return
+            if resume is not None and batch.ts + interval <= resume:
+                skipped += 1  # journaled before a restart: this session already saw it
+                continue
+            if skipped:
+                log.info("feed.replay_resume", skipped=skipped, at=batch.ts.isoformat())
+                skipped = 0
             await pacer.wait_for(batch.ts)
             self.clock.set(batch.ts + interval)
             self.on_bar_batch(batch)
@@ -351,12 +467,25 @@ class Daemon:
             if t.get_name() == "feed.replay":
                 t.cancel()
         try:
-            await asyncio.wait_for(self.orders.drained(), grace)
+            # In-flight work finishes within the bound: orders reach the broker, and
+            # market orders and unacknowledged ones get their outcome.
+            async with asyncio.timeout(grace):
+                await self.orders.settled()
         except TimeoutError:
-            log.warning("daemon.shutdown_timeout", grace_secs=grace)
+            log.warning("daemon.shutdown_timeout", grace_secs=grace,
+                        in_flight=self.orders.in_flight())
         for t in [*tasks, *self._side_tasks]:
             t.cancel()
         await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
+
+    async def _final_books(self) -> None:
+        await asyncio.sleep(0)  # reports scheduled onto the loop while the broker closed
+        if self.journal is not None and self.journal.is_open:
+            now = self.clock.now()
+            self.marker.mark(now)
+            self.journal.append("BooksSnapshot", books_snapshot(self.portfolio), ts=now)
+            self.journal.append("SessionStopped", {"reason": self._stop_reason}, ts=now,
+                                durable=True)
         self.write_status()
         log.info("daemon.session_summary", reason=self._stop_reason, **self.summary())
 
@@ -378,6 +507,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return {
             "trading_state": self.risk_state.snapshot()["state"],
+            "ready": self.ready,
             "risk": self.risk_state.snapshot(),
             "execution_mode": str(self.modes.mode),
             "mode": self.settings.daemon.mode,
@@ -389,7 +519,8 @@ class Daemon:
                  "qty": o.qty, "filled_qty": o.filled_qty, "status": str(o.status)}
                 for o in self.orders.open_orders()
             ],
-            "counters": {**self.stats.as_dict(), "orders_today": self.orders.orders_today()},
+            "counters": {**self.stats.as_dict(), "orders_today": self.orders.orders_today(),
+                         **self.marker.counters()},
         }
 
     async def _ctl_status(self, args: dict[str, Any]) -> dict[str, Any]:

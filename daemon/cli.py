@@ -123,6 +123,68 @@ def _print_status(s: dict[str, Any]) -> None:
     print("counters: " + json.dumps(s.get("counters", {})))
 
 
+def _open_journal(args: argparse.Namespace) -> Any:
+    from daemon import logging as dlog
+    from daemon.journal import JOURNAL_FILE, Journal
+
+    # stdout carries the answer (tables, JSON, CSV); log lines go to stderr.
+    dlog.configure("warning", stream=sys.stderr)
+
+    state_dir = args.state_dir or _settings(args).daemon.state_dir
+    path = Path(state_dir) / JOURNAL_FILE
+    if not path.exists():
+        print(f"tradingd: no journal at {path}", file=sys.stderr)
+        return None
+    return Journal(path).open()
+
+
+def _since(text: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    if text is None:
+        return None
+    ts = datetime.fromisoformat(text)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from daemon import audit
+
+    journal = _open_journal(args)
+    if journal is None:
+        return EXIT_CONFIG
+    try:
+        rows = audit.select(journal, symbol=args.symbol, order=args.order, signal=args.signal,
+                            since=_since(args.since))
+        print(audit.render(rows, args.format))
+        if args.order and args.format == "table":
+            print(f"outcome: {audit.outcome(rows)}")
+    finally:
+        journal.close()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from daemon import report
+
+    journal = _open_journal(args)
+    if journal is None:
+        return EXIT_CONFIG
+    try:
+        day = args.date or report.last_day(journal)
+        if day is None:
+            print("tradingd: the journal has no trading day yet", file=sys.stderr)
+            return EXIT_CONFIG
+        rep = report.build(journal, day)
+    finally:
+        journal.close()
+    out = args.out or journal.path.parent / f"report-{day}.html"
+    out.write_text(report.render_html(rep))
+    print(report.render_text(rep))
+    print(f"html: {out}")
+    return 0
+
+
 def _control(cmd: str, arg_names: tuple[str, ...] = ()) -> Any:
     """A subcommand that sends ``cmd`` to the running daemon and prints its reply."""
 
@@ -171,10 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("audit", help="what happened to a signal or an order, and why")
+    _add_config_args(p)
+    p.add_argument("--symbol", help="only rows about this symbol")
+    p.add_argument("--order", help="one order by client_order_id (with its signal)")
+    p.add_argument("--signal", help="one signal by id (with the orders it led to)")
+    p.add_argument("--since", help="ISO time, e.g. 2024-03-01T14:30 (UTC unless given)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("report", help="the day's orders, fills, slippage, rejects, P&L")
+    _add_config_args(p)
+    p.add_argument("--date", help="New York trading day YYYY-MM-DD (default: the last)")
+    p.add_argument("--out", type=Path, help="HTML file (default: <state_dir>/report-DAY.html)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("check-config", help="validate and print the resolved config")
     _add_config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
+
+    from signals import train
+
+    p = sub.add_parser("train", help="train the XGBoost signal model on minute bars")
+    train.add_arguments(p)
+    p.set_defaults(func=train.run)
 
     for name, help_text, arg_names in _OPERATOR_COMMANDS:
         p = sub.add_parser(name, help=help_text)

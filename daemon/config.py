@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from config.base import ComponentConfig
 
@@ -19,6 +19,14 @@ class FeedConfig(ComponentConfig):
     replay: Path | None = None
     speed: str = "max"
     queue_size: int = Field(256, ge=1)
+    symbols: list[str] = Field(default_factory=list,
+                               description="symbols to subscribe to (live feeds)")
+
+    @model_validator(mode="after")
+    def _live_needs_symbols(self) -> FeedConfig:
+        if self.source == "alpaca" and not self.symbols:
+            raise ValueError("feed.source 'alpaca' needs feed.symbols (the symbols to trade)")
+        return self
 
     @field_validator("speed")
     @classmethod

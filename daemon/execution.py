@@ -50,6 +50,7 @@ from daemon.events import (
     OrderSubmitted,
     SubmitOrder,
 )
+from daemon.model import OrderType
 from daemon.orders import Order, OrderStatus
 from daemon.time import trading_day
 
@@ -78,6 +79,7 @@ class OrderManager:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._reported = asyncio.Event()  # set whenever a report changed an order
         self._in_flight = 0
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -100,6 +102,11 @@ class OrderManager:
         self._task = asyncio.create_task(self._worker(), name="orders.submit")
         return self
 
+    @property
+    def worker(self) -> asyncio.Task[None] | None:
+        """The submission task; the daemon watches it (a dead worker stops the daemon)."""
+        return self._task
+
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -107,6 +114,19 @@ class OrderManager:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def in_flight(self) -> int:
+        """Orders whose outcome is imminent: not yet acknowledged, or market orders still
+        open (their fills are on the way). Resting limit/stop orders are not counted."""
+        return sum(1 for o in self.open_orders()
+                   if o.status is OrderStatus.PENDING_NEW or o.order_type is OrderType.MARKET)
+
+    async def settled(self) -> None:
+        """Wait until every order has reached the broker and no outcome is imminent."""
+        await self.drained()
+        while self.in_flight():
+            self._reported.clear()
+            await self._reported.wait()
 
     async def drained(self) -> None:
         """Wait until every handed-over order has reached the broker (or failed)."""
@@ -166,7 +186,7 @@ class OrderManager:
         if order is None:
             self.unknown_reports.append(event)
             log.warning("order.unknown_report", client_order_id=event.client_order_id,
-                        event=type(event).__name__)
+                        event_type=type(event).__name__)
             return
         try:
             changed = order.apply(event)
@@ -174,7 +194,7 @@ class OrderManager:
             # Streams replay and reorder; reconciliation with the broker settles it.
             self.stats["illegal_transition"] += 1
             log.warning("order.illegal_transition", client_order_id=order.client_order_id,
-                        status=str(order.status), event=type(event).__name__, error=str(exc))
+                        status=str(order.status), event_type=type(event).__name__, error=str(exc))
             return
         except OverfillError as exc:
             self.stats["overfill"] += 1
@@ -189,6 +209,7 @@ class OrderManager:
             return
         if not order.is_open:
             self._open.get(order.symbol, {}).pop(order.client_order_id, None)
+        self._reported.set()
         self._log_report(order, event)
         self._publish(event)
 
@@ -257,7 +278,7 @@ class OrderManager:
                      filled_qty=order.filled_qty, order_qty=order.qty)
         else:
             log.info("order.status", client_order_id=order.client_order_id,
-                     status=str(order.status), event=type(event).__name__)
+                     status=str(order.status), event_type=type(event).__name__)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -268,16 +289,19 @@ class OrderManager:
         """Ask the broker to cancel; the ``canceled`` report comes back as usual. A refusal
         means the order is already done at the broker: read it back and adopt that."""
         try:
-            await asyncio.wait_for(self._broker.cancel(client_order_id), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._broker.cancel(client_order_id)
         except BrokerRejected as exc:
             log.info("order.cancel_refused", client_order_id=client_order_id, error=str(exc))
             await self.resolve(client_order_id)
         except (BrokerError, TimeoutError) as exc:
+            # Still open here; the next cancel or reconciliation settles it.
             log.warning("order.cancel_failed", client_order_id=client_order_id, error=repr(exc))
 
     async def _cancel_all(self) -> None:
         try:
-            await asyncio.wait_for(self._broker.cancel_all(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._broker.cancel_all()
         except (BrokerError, TimeoutError) as exc:
             log.warning("order.cancel_all_failed", error=repr(exc))
 
@@ -297,7 +321,10 @@ class OrderManager:
     async def _submit(self, intent: OrderIntent) -> None:
         cid = intent.client_order_id
         try:
-            await asyncio.wait_for(self._broker.submit(intent), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the call completes, and __aexit__ would then wait forever.
+            async with asyncio.timeout(self._timeout):
+                await self._broker.submit(intent)
         except BrokerRejected as exc:
             self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
                                          reason=str(exc)))
@@ -318,8 +345,8 @@ class OrderManager:
         reconciliation marks it abandoned.
         """
         try:
-            found = await asyncio.wait_for(self._broker.get_order(client_order_id),
-                                           self._timeout)
+            async with asyncio.timeout(self._timeout):
+                found = await self._broker.get_order(client_order_id)
         except (BrokerError, TimeoutError) as exc:
             log.warning("order.lookup_failed", client_order_id=client_order_id, error=repr(exc))
             return None

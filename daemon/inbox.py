@@ -74,11 +74,20 @@ class Inbox:
     def put_threadsafe(
         self, loop: asyncio.AbstractEventLoop, msg: Message, timeout: float | None = None
     ) -> None:
-        """From a foreign thread: enqueue on ``loop``, blocking this thread while full."""
+        """From a foreign thread: enqueue on ``loop``, blocking this thread while full.
+
+        Raises:
+            TimeoutError: no room within ``timeout``; the pending put is cancelled, so a
+                message the caller was told failed is not enqueued later behind its back.
+        """
         fut: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
             self.put_wait(msg), loop
         )
-        fut.result(timeout)
+        try:
+            fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
 
     async def get(self) -> Message:
         while not self._q:

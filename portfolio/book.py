@@ -96,6 +96,28 @@ class Portfolio:
             p.symbol: Position(p.symbol, p.qty, p.avg_price) for p in positions if p.qty
         }
 
+    def load(
+        self,
+        cash: Decimal,
+        positions: Iterable[Position],
+        *,
+        commissions: Decimal | None = None,
+        fill_count: int | None = None,
+        prices: dict[str, float] | None = None,
+    ) -> None:
+        """Replace the books with journaled ones (recovery) or the broker's positions kept
+        with their realized P&L (reconciliation): unlike ``restore``, nothing is lost."""
+        self._totals = None
+        self._px.clear()
+        self.cash = Decimal(cash)
+        self.positions = {p.symbol: p for p in positions}
+        if commissions is not None:
+            self.commissions = commissions
+        if fill_count is not None:
+            self.fill_count = fill_count
+        if prices:
+            self.last_price.update(prices)
+
     # -- views ---------------------------------------------------------------------------
 
     def qty(self, symbol: str) -> int:

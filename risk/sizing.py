@@ -27,18 +27,20 @@ log = structlog.get_logger("risk.sizing")
 def client_order_id(prefix: str, *parts: str) -> str:
     """Deterministic id: the same signal always yields the same id, so a retry or a
     restart can never create a second order for it at the broker."""
-    digest = hashlib.blake2b("|".join(parts).encode(), digest_size=10).hexdigest()
+    # Length-prefixed, so no choice of parts can collide with another ("a|b","c" vs "a","b|c").
+    key = "".join(f"{len(p)}:{p}" for p in parts)
+    digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
     return f"{prefix}-{digest}"
 
 
-def target_qty(signal: Signal, equity: float, cfg: RiskConfig) -> int:
+def target_qty(signal: Signal, equity: float | Decimal, cfg: RiskConfig) -> int:
     """Whole-share target position for a signal (signed)."""
     strength = signal.strength
     if abs(strength) < cfg.signal_threshold or signal.price <= 0:
         return 0
     if strength < 0 and not cfg.allow_shorts:
         return 0
-    notional = abs(strength) * cfg.max_position_pct * equity
+    notional = abs(strength) * cfg.max_position_pct * float(equity)
     shares = math.floor(notional / signal.price + 1e-9)
     return shares if strength > 0 else -shares
 
@@ -80,7 +82,8 @@ class Sizer:
             if intent is not None:
                 self._send(PlaceOrder(intent))
 
-    def size(self, sig: Signal, equity: float, batch_id: str | None = None) -> OrderIntent | None:
+    def size(self, sig: Signal, equity: float | Decimal,
+             batch_id: str | None = None) -> OrderIntent | None:
         cfg = self._cfg
         if not (math.isfinite(sig.strength) and math.isfinite(sig.price)) or sig.price <= 0:
             # Not sizeable; the gate names it INVALID_SIGNAL when it sees such a signal.

@@ -84,10 +84,18 @@ def generate(days: int = 1, n_symbols: int = 50, seed: int = 7, first: date = FI
     return df
 
 
-def write(path: Path, days: int = 1, n_symbols: int = 50, seed: int = 7,
-          first: date = FIRST_DAY) -> Path:
+def write(path: Path, days: int = 1, *, n_symbols: int = 50, seed: int = 7,
+          first: date = FIRST_DAY, last_day_to: Path | None = None) -> Path:
+    """Write ``days`` days to ``path``; with ``last_day_to``, the last of them goes there
+    instead (a model trained on ``path`` then trades the day that follows it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    generate(days, n_symbols, seed, first).to_csv(path, index=False)
+    frame = generate(days, n_symbols, seed, first)
+    if last_day_to is not None:
+        last = frame["timestamp"].str.slice(0, 10).max()
+        is_last = frame["timestamp"].str.startswith(last)
+        frame[is_last].to_csv(last_day_to, index=False)
+        frame = frame[~is_last]
+    frame.to_csv(path, index=False)
     return path
 
 
@@ -99,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, default=50)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--first-day", type=date.fromisoformat, default=FIRST_DAY)
+    p.add_argument("--last-day-to", type=Path, help="write the last day here instead")
     a = p.parse_args(argv)
-    write(a.out, a.days, a.symbols, a.seed, a.first_day)
+    write(a.out, a.days, n_symbols=a.symbols, seed=a.seed, first=a.first_day,
+          last_day_to=a.last_day_to)
     print(f"wrote {a.out}")
     return 0
 

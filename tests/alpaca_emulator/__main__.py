@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+from datetime import UTC, datetime
 
 from tests.alpaca_emulator.server import Emulator
 
@@ -21,6 +22,9 @@ async def _main(args: argparse.Namespace) -> None:
     emu = Emulator(key_id=args.key_id, secret_key=args.secret_key, port=args.port,
                    bars_csv=args.bars)
     emu.exchange.fill_parts = args.fill_parts
+    if args.rebase_now:
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        emu.rebase_bars(now)
     await emu.start()
     print(f"alpaca emulator on {emu.base_url} (stream ws://127.0.0.1:{emu.port}/stream, "
           f"data ws://127.0.0.1:{emu.port}/v2/iex)", flush=True)
@@ -30,8 +34,10 @@ async def _main(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         while not stop.is_set():
-            if args.bar_interval > 0 and emu.bars and emu.advance() is None:
+            waiting = args.wait_subscriber and not emu.data_subscribers
+            if args.bar_interval > 0 and emu.bars and not waiting and emu.advance() is None:
                 args.bar_interval = 0
+                print("alpaca emulator: bars done", flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.bar_interval or None)
     finally:
@@ -45,6 +51,10 @@ def main() -> None:
     p.add_argument("--bar-interval", type=float, default=0.0,
                    help="seconds between replayed minutes (0: only via /_control/advance)")
     p.add_argument("--fill-parts", type=int, default=1, help="executions per order")
+    p.add_argument("--rebase-now", action="store_true",
+                   help="shift the bars so the first minute is the current minute")
+    p.add_argument("--wait-subscriber", action="store_true",
+                   help="start replaying bars only once a data client has subscribed")
     p.add_argument("--key-id", default=os.environ.get("APCA_API_KEY_ID", "EMUKEY"))
     p.add_argument("--secret-key", default=os.environ.get("APCA_API_SECRET_KEY", "EMUSECRET"))
     args = p.parse_args()

@@ -652,6 +652,19 @@ class Emulator:
             await client.kill()
         return ws
 
+    @property
+    def data_subscribers(self) -> int:
+        """Data-stream clients subscribed to at least one symbol's bars."""
+        return sum(1 for c in self._data_clients if c.subs)
+
+    def rebase_bars(self, start: datetime) -> None:
+        """Shift every loaded bar so the first minute starts at ``start`` (a replayed day
+        presented as if live: bar times near the wall clock, spacing kept)."""
+        if not self.bars:
+            return
+        shift = start - next(iter(self.bars))
+        self.bars = {ts + shift: rows for ts, rows in self.bars.items()}
+
     def publish_bars(self, ts: datetime, bars: list[dict[str, Any]]) -> None:
         """Send one minute's bars (dicts with S,o,h,l,c,v[,n,vw]) and trade at their close."""
         stamp = msgpack.Timestamp.from_datetime(ts)

@@ -1,60 +1,52 @@
-"""Fixtures for the MQTT tests: a real Mosquitto per test on a free loopback port.
+"""Shared fixtures: the real minute bars under ``<repo>/../shared/data/market``.
 
-A missing ``mosquitto`` binary FAILS the tests (it does not skip them): CI installs it,
-and a silently skipped integration suite is how a broken bridge ships.
+The data ship with the repository's checkout layout (CI has them too), so tests that
+need them fail loudly instead of skipping when they are missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.signals.mosquitto import Mosquitto, MosquittoMissing
+from signals.bars import DenseBars, read_bars_csv
+from tests.signals.mqtt_fixtures import mosquitto, mosquitto_auth
 
-DAEMON_USER, DAEMON_PASSWORD = "tradingd", "daemon-pass-4f1c9e"
-PRODUCER_USER, PRODUCER_PASSWORD = "producer", "producer-pass-77ab01"
-OPERATOR_USER, OPERATOR_PASSWORD = "operator", "operator-pass-c3d2e1"
+__all__ = ["mosquitto", "mosquitto_auth"]  # the MQTT tests' real-broker fixtures
 
 REPO = Path(__file__).resolve().parents[2]
-# The shipped ACL: producers may only publish signals, the operator may also publish
-# control, the daemon reads signals/control and writes the rest.
-ACL = (REPO / "config" / "mosquitto.acl").read_text()
-USERS = {DAEMON_USER: DAEMON_PASSWORD, PRODUCER_USER: PRODUCER_PASSWORD,
-         OPERATOR_USER: OPERATOR_PASSWORD}
+SAMPLE = "us_equities_1min_sample_2018-02-16_2018-02-23.csv"
+FULL = "us_equities_1min_2018-02-16_2018-04-20.csv.gz"
 
 
-def _start(broker: Mosquitto) -> Mosquitto:
-    try:
-        broker.start()
-    except MosquittoMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    return broker
+def market_dir() -> Path:
+    """``shared/data/market`` next to the checkout (a worktree may sit one level deeper)."""
+    for base in (REPO, *REPO.parents):
+        candidate = base / "shared" / "data" / "market"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no shared/data/market above {REPO}")
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """An anonymous broker: ``listener <port> 127.0.0.1``, ``allow_anonymous true``."""
-    try:
-        broker = Mosquitto(tmp_path / "mosquitto")
-    except MosquittoMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    _start(broker)
-    yield broker
-    broker.stop()
+@pytest.fixture(scope="session")
+def sample_bars() -> DenseBars:
+    """10 symbols x 5 trading days of real minute bars."""
+    return read_bars_csv(market_dir() / SAMPLE)
 
 
-@pytest.fixture
-def mosquitto_auth(tmp_path: Path) -> Iterator[Mosquitto]:
-    """The shipped ``config/mosquitto.conf`` and ``config/mosquitto.acl`` (port and file
-    paths moved into a temp directory), with a password file made by
-    ``mosquitto_passwd -b -c``."""
-    try:
-        broker = Mosquitto(tmp_path / "mosquitto-auth", users=USERS, acl=ACL,
-                           template=REPO / "config" / "mosquitto.conf")
-    except MosquittoMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    _start(broker)
-    yield broker
-    broker.stop()
+@pytest.fixture(scope="session")
+def wide_bars() -> DenseBars:
+    """The first 53 symbols alphabetically x the first 3 trading days (real gaps: CHTR)."""
+    return read_bars_csv(market_dir() / FULL, first_symbols=53, days=3)
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained on the 10-symbol sample with the real CLI (a few seconds)."""
+    from signals.train import main
+
+    out = tmp_path_factory.mktemp("model")
+    code = main(["--bars", str(market_dir() / SAMPLE), "--out", str(out), "--small"])
+    assert code == 0
+    return out

@@ -20,14 +20,6 @@ from structlog.testing import capture_logs
 from config.settings import Settings, load_settings
 from daemon.app import Daemon
 from signals.mqtt_control import sign_control
-from tests.signals.conftest import (
-    DAEMON_PASSWORD,
-    DAEMON_USER,
-    OPERATOR_PASSWORD,
-    OPERATOR_USER,
-    PRODUCER_PASSWORD,
-    PRODUCER_USER,
-)
 from tests.signals.helpers import (
     Collector,
     client,
@@ -36,6 +28,14 @@ from tests.signals.helpers import (
     write_bars,
 )
 from tests.signals.mosquitto import Mosquitto
+from tests.signals.mqtt_fixtures import (
+    DAEMON_PASSWORD,
+    DAEMON_USER,
+    OPERATOR_PASSWORD,
+    OPERATOR_USER,
+    PRODUCER_PASSWORD,
+    PRODUCER_USER,
+)
 
 pytestmark = pytest.mark.mqtt
 

@@ -1,0 +1,474 @@
+"""Reconciliation: compare the daemon's books with the broker and settle every difference.
+
+Runs at start (after journal recovery, before any signal is accepted), on every
+``ReconcileTick``, and after every ``BrokerStatusChanged(status="recovering")`` from a
+broker adapter (a reconnected stream does not replay what it missed). Each difference
+is classified:
+
+* **in flight**: expected and transient (an order just sent, a fill the stream has not
+  delivered yet, a position that moves between two REST calls); re-checked next time.
+* **explained**: a missed event. The broker's version is applied through the normal
+  ``OrderManager.on_report`` path, so the order state machine de-duplicates it, the
+  portfolio books it and the journal records it: a fill that happened while the daemon
+  was down, a missed acknowledgement or cancel, an unacknowledged intent the broker
+  never received (marked ``OrderAbandoned``, never re-sent).
+* **unexplained drift**: a position or cash amount the books cannot account for, or an
+  order/fill the daemon never placed. It is logged as ``reconcile.drift`` with both
+  sides' numbers, an ``AlertRaised`` is published, trading moves to ``HALTED`` (position
+  drift, unknown fills) or ``REDUCING`` (cash drift, unknown open orders) with a
+  ``TradingStateChanged``, and then the broker's positions and cash are adopted: the
+  broker is the source of truth.
+
+Readiness: ``ready`` is False until the start reconciliation has succeeded, and again
+from every ``recovering`` broker status until the reconciliation it triggers succeeds.
+Each change is published as ``BrokerStatusChanged(status="recovering"|"ready",
+detail="reconcile: ...")``; the gate denies with ``RECONCILING`` while not ready.
+
+Events published: ``BrokerStatusChanged``, ``AlertRaised``, ``TradingStateChanged``, and
+(through the order manager) the ``OrderEvent``s that settle explained differences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from brokers.base import Broker, BrokerFill, BrokerOrder
+from daemon.bus import Bus
+from daemon.clock import Clock
+from daemon.codec import encode
+from daemon.errors import BrokerError
+from daemon.events import (
+    AlertRaised,
+    BrokerStatusChanged,
+    Event,
+    OrderAbandoned,
+    OrderCanceled,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    OrderReplaced,
+    ReconcileTick,
+    TradingStateChanged,
+)
+from daemon.execution import OrderManager, reports_for
+from daemon.journal import Journal
+from daemon.model import AccountSnapshot, BrokerPosition, Fill, Position
+from daemon.orders import TERMINAL, Order, OrderStatus
+from portfolio import Portfolio
+
+log = structlog.get_logger("daemon.reconcile")
+
+IN_FLIGHT, EXPLAINED, UNEXPLAINED = "in_flight", "explained", "unexplained"
+CASH_TOLERANCE = Decimal("0.01")
+_STATE_RANK = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
+_TERMINAL_EVENT: dict[OrderStatus, Callable[[str, datetime], OrderEvent]] = {
+    OrderStatus.CANCELED: lambda cid, ts: OrderCanceled(cid, ts, reason="canceled at broker"),
+    OrderStatus.EXPIRED: OrderExpired,
+    OrderStatus.REJECTED: lambda cid, ts: OrderRejected(cid, ts, reason="rejected at broker"),
+    OrderStatus.REPLACED: OrderReplaced,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One difference between the books and the broker, and how it was settled."""
+
+    kind: str  # in_flight | explained | unexplained
+    what: str  # missed_fill, missed_ack, missed_status, abandoned, position, cash, ...
+    client_order_id: str | None = None
+    symbol: str | None = None
+    local: Any = None
+    broker: Any = None
+    note: str = ""
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one reconciliation found (journaled as a ``ReconcileResult`` row)."""
+
+    reason: str
+    ts: datetime
+    differences: list[Difference] = field(default_factory=list)
+    ok: bool = True
+
+    def of(self, kind: str) -> list[Difference]:
+        return [d for d in self.differences if d.kind == kind]
+
+    def add(self, kind: str, what: str, **kw: Any) -> None:
+        self.differences.append(Difference(kind, what, **kw))
+
+    def payload(self) -> dict[str, Any]:
+        return {"reason": self.reason, "ok": self.ok,
+                "counts": {k: len(self.of(k)) for k in (IN_FLIGHT, EXPLAINED, UNEXPLAINED)},
+                "differences": encode(self.differences)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    open_orders: dict[str, BrokerOrder]
+    fills: list[BrokerFill]
+    positions: dict[str, BrokerPosition]
+    account: AccountSnapshot
+
+
+class Reconciler:
+    """Settles differences with the broker (see the module doc). Enter it (``async
+    with``) to own its background task; ``await reconcile(...)`` runs one pass."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        orders: OrderManager,
+        portfolio: Portfolio,
+        clock: Clock,
+        publish: Callable[[Event], None],
+        journal: Journal | None = None,
+        trading_state: Callable[[], str] = lambda: "ACTIVE",
+        on_failure: Callable[[BaseException], None] | None = None,
+        grace_secs: float = 30.0,
+        confirm_delay: float = 0.5,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self._broker = broker
+        self._orders = orders
+        self._portfolio = portfolio
+        self._clock = clock
+        self._publish = publish
+        self._journal = journal
+        self._trading_state = trading_state
+        self._on_failure = on_failure
+        self._grace = timedelta(seconds=grace_secs)
+        self._confirm_delay = confirm_delay
+        self._drain_timeout = drain_timeout
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._own: list[Event] = []
+        self._gate_pending = False
+        # Unacknowledged orders the broker did not know at the previous pass.
+        self._unknown_before: set[str] = set()
+        self._unknown_next: set[str] = set()
+        self._last_ts: datetime | None = None
+        self.ready = False
+        self.runs = 0
+        self.last_report: ReconcileReport | None = None
+
+    # -- lifecycle and triggers ----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def attach(self, bus: Bus) -> None:
+        bus.subscribe(ReconcileTick, self.on_tick)
+        bus.subscribe(BrokerStatusChanged, self.on_broker_status)
+
+    def on_tick(self, tick: ReconcileTick) -> None:
+        self._schedule("tick", gate=self._gate_pending)
+
+    def on_broker_status(self, event: BrokerStatusChanged) -> None:
+        if any(event is own for own in self._own):
+            self._own = [e for e in self._own if e is not event]
+            return
+        if event.status == "recovering":
+            self._set_ready(False, f"broker {event.status}: {event.detail}")
+            self._schedule("broker_recovering", gate=True)
+
+    def _schedule(self, reason: str, *, gate: bool) -> None:
+        if self._task is not None and not self._task.done():
+            self._gate_pending = self._gate_pending or gate
+            log.debug("reconcile.busy", reason=reason)
+            return
+        self._task = asyncio.create_task(self._run(reason, gate), name="reconcile.run")
+
+    async def _run(self, reason: str, gate: bool) -> None:
+        try:
+            await self.reconcile(reason, gate=gate)
+        except (BrokerError, TimeoutError):
+            pass  # logged by reconcile; retried on the next tick
+        except Exception as exc:
+            log.error("reconcile.crashed", error=repr(exc), exc_info=exc)
+            if self._on_failure is not None:
+                self._on_failure(exc)
+
+    # -- one pass ------------------------------------------------------------------------
+
+    async def reconcile(self, reason: str, *, gate: bool = False,
+                        startup: bool = False) -> ReconcileReport:
+        """Compare everything with the broker and settle it; returns what was found.
+
+        With ``gate``, ``ready`` is False during the pass and True after it succeeds.
+
+        Raises:
+            BrokerError, TimeoutError: the broker could not be queried (``ready`` stays
+                False when gating; the next tick retries).
+        """
+        async with self._lock:
+            if gate:
+                self._set_ready(False, reason)
+            report = ReconcileReport(reason, self._clock.now())
+            try:
+                await self._pass(report, startup=startup)
+            except (BrokerError, TimeoutError) as exc:
+                self._gate_pending = self._gate_pending or gate
+                log.warning("reconcile.failed", reason=reason, error=repr(exc))
+                raise
+            self.runs += 1
+            self._last_ts = report.ts
+            self.last_report = report
+            self._record(report)
+            if gate or self._gate_pending or not self.ready:
+                self._gate_pending = False
+                self._set_ready(True, reason)
+            return report
+
+    async def _pass(self, report: ReconcileReport, *, startup: bool) -> None:
+        if not startup:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._orders.drained(), self._drain_timeout)
+        snap = await self._snapshot()
+        views = await self._broker_views(snap, report)
+        self._unknown_next = set()
+        self._settle_acks(views, report, startup=startup)  # acks first: they carry ids
+        self._unknown_before = self._unknown_next
+        self._apply_fills(snap.fills, report)
+        self._settle_statuses(views, report)
+        drift = self._compare_books(snap)
+        if drift:
+            # A fill between two REST calls looks like drift: look again before judging.
+            await asyncio.sleep(self._confirm_delay)
+            snap = await self._snapshot()
+            self._apply_fills(snap.fills, report)
+            confirmed = self._compare_books(snap)
+            for d in drift:
+                if not any(c.what == d.what and c.symbol == d.symbol for c in confirmed):
+                    report.add(IN_FLIGHT, d.what, symbol=d.symbol, local=d.local,
+                               broker=d.broker, note="settled on second look")
+            if confirmed:
+                report.ok = False
+                self._on_drift(confirmed, snap, report)
+
+    async def _snapshot(self) -> _Snapshot:
+        b = self._broker
+        since = self._fills_since()
+        open_orders = await b.open_orders()
+        fills = await b.fills_since(since)
+        positions = await b.positions()
+        account = await b.account()
+        return _Snapshot({o.client_order_id: o for o in open_orders}, fills,
+                         {p.symbol: p for p in positions if p.qty}, account)
+
+    def _fills_since(self) -> datetime:
+        now = self._clock.now()
+        starts = [o.created_ts for o in self._orders.open_orders()]
+        if self._last_ts is not None:
+            starts.append(self._last_ts)
+        return min(starts, default=now) - timedelta(minutes=5)
+
+    # -- fills and orders ----------------------------------------------------------------
+
+    def _apply_fills(self, fills: list[BrokerFill], report: ReconcileReport) -> None:
+        for bf in sorted(fills, key=lambda f: (f.ts, f.execution_id)):
+            order = self._orders.orders.get(bf.client_order_id)
+            if order is not None and bf.execution_id in order.execution_ids:
+                continue
+            if order is None:
+                report.add(UNEXPLAINED, "unknown_fill", client_order_id=bf.client_order_id,
+                           symbol=bf.symbol, broker=bf, note="a fill for an order never placed")
+                continue
+            before = order.filled_qty
+            fill = Fill(bf.execution_id, bf.client_order_id, bf.symbol, bf.side, bf.qty,
+                        bf.price, bf.ts, commission=bf.commission)
+            self._orders.on_report(OrderFilled(bf.client_order_id, bf.ts, fill=fill))
+            if order.filled_qty == before:
+                report.add(UNEXPLAINED, "fill_not_applied", client_order_id=order.client_order_id,
+                           symbol=bf.symbol, local=str(order.status), broker=bf,
+                           note="the order could not take this fill")
+                continue
+            log.info("reconcile.missed_fill", client_order_id=bf.client_order_id,
+                     symbol=bf.symbol, qty=bf.qty, price=str(bf.price),
+                     execution_id=bf.execution_id)
+            report.add(EXPLAINED, "missed_fill", client_order_id=bf.client_order_id,
+                       symbol=bf.symbol, broker=bf)
+
+    async def _broker_views(self, snap: _Snapshot,
+                            report: ReconcileReport) -> dict[str, BrokerOrder | None]:
+        """The broker's view of every order open in the books (None: it has none)."""
+        for cid, theirs in snap.open_orders.items():
+            if cid not in self._orders.orders:
+                report.add(UNEXPLAINED, "unknown_order", client_order_id=cid,
+                           symbol=theirs.symbol, broker=theirs,
+                           note="an open order the daemon never placed")
+        views: dict[str, BrokerOrder | None] = {}
+        for order in self._orders.open_orders():
+            cid = order.client_order_id
+            views[cid] = snap.open_orders.get(cid) or await self._broker.get_order(cid)
+        return views
+
+    def _settle_acks(self, views: dict[str, BrokerOrder | None], report: ReconcileReport, *,
+                     startup: bool) -> None:
+        now = self._clock.now()
+        for cid, bo in views.items():
+            order = self._orders.orders[cid]
+            if bo is None:
+                self._missing(order, report, startup=startup)
+                continue
+            for event in reports_for(bo, order, now):
+                self._orders.on_report(event)
+                report.add(EXPLAINED, "missed_ack", client_order_id=cid, symbol=order.symbol,
+                           broker=str(bo.status))
+
+    def _settle_statuses(self, views: dict[str, BrokerOrder | None],
+                         report: ReconcileReport) -> None:
+        for cid, bo in views.items():
+            order = self._orders.orders[cid]
+            if bo is not None and order.is_open:
+                self._settle(order, bo, report)
+
+    def _missing(self, order: Order, report: ReconcileReport, *, startup: bool) -> None:
+        cid, now = order.client_order_id, self._clock.now()
+        if order.status is not OrderStatus.PENDING_NEW:
+            report.add(UNEXPLAINED, "order_missing", client_order_id=cid, symbol=order.symbol,
+                       local=str(order.status), note="acknowledged, yet unknown to the broker")
+        elif startup or (cid in self._unknown_before and now - order.created_ts > self._grace):
+            # At start nothing is in flight (a new process); while running, an intent may
+            # still sit in the outbox, so it must be unknown on two passes and old.
+            log.warning("reconcile.abandoned", client_order_id=cid, symbol=order.symbol,
+                        qty=order.qty, side=str(order.side))
+            why = "not at broker after restart" if startup else "never reached the broker"
+            self._orders.on_report(OrderAbandoned(cid, now, reason=why))
+            report.add(EXPLAINED, "abandoned", client_order_id=cid, symbol=order.symbol,
+                       local=str(OrderStatus.PENDING_NEW), note=why)
+        else:
+            self._unknown_next.add(cid)
+            report.add(IN_FLIGHT, "unacknowledged", client_order_id=cid, symbol=order.symbol)
+
+    def _settle(self, order: Order, bo: BrokerOrder, report: ReconcileReport) -> None:
+        cid, now = order.client_order_id, self._clock.now()
+        if bo.filled_qty != order.filled_qty:
+            report.add(IN_FLIGHT, "fill_gap", client_order_id=cid, symbol=order.symbol,
+                       local=order.filled_qty, broker=bo.filled_qty)
+            return
+        make = _TERMINAL_EVENT.get(bo.status)
+        if bo.status in TERMINAL and make is not None:
+            self._orders.on_report(make(cid, now))
+            report.add(EXPLAINED, "missed_status", client_order_id=cid, symbol=order.symbol,
+                       local=str(order.status), broker=str(bo.status))
+
+    # -- books ---------------------------------------------------------------------------
+
+    def _compare_books(self, snap: _Snapshot) -> list[Difference]:
+        p = self._portfolio
+        out: list[Difference] = []
+        for sym in sorted(set(snap.positions) | {s for s, v in p.positions.items() if v.qty}):
+            local, bp = p.qty(sym), snap.positions.get(sym)
+            broker = bp.qty if bp else 0
+            if local != broker:
+                out.append(Difference(UNEXPLAINED, "position", symbol=sym, local=local,
+                                      broker=broker))
+        if abs(p.cash - snap.account.cash) > CASH_TOLERANCE:
+            out.append(Difference(UNEXPLAINED, "cash", local=str(p.cash),
+                                  broker=str(snap.account.cash)))
+        return out
+
+    def _on_drift(self, drift: list[Difference], snap: _Snapshot,
+                  report: ReconcileReport) -> None:
+        for d in drift:
+            log.error("reconcile.drift", what=d.what, symbol=d.symbol, books=d.local,
+                      broker=d.broker)
+            report.differences.append(d)
+        positions = any(d.what == "position" for d in drift) or any(
+            d.what in ("unknown_fill", "fill_not_applied") for d in report.of(UNEXPLAINED))
+        self._escalate("HALTED" if positions else "REDUCING",
+                       "reconcile.drift: " + ", ".join(
+                           f"{d.what} {d.symbol or ''} books={d.local} broker={d.broker}"
+                           for d in drift))
+        self._adopt(snap)
+
+    def _adopt(self, snap: _Snapshot) -> None:
+        """The broker is the source of truth: take its positions and cash (keeping the
+        realized P&L the books have per symbol)."""
+        p = self._portfolio
+        old = p.positions
+        new = {s: Position(s, bp.qty, bp.avg_price,
+                           old[s].realized_pnl if s in old else Decimal(0))
+               for s, bp in snap.positions.items()}
+        for s, pos in old.items():
+            if s not in new and pos.realized_pnl:
+                new[s] = Position(s, 0, Decimal(0), pos.realized_pnl)
+        p.load(Decimal(snap.account.cash), new.values())
+        log.warning("reconcile.adopted", cash=str(p.cash),
+                    positions={s: v.qty for s, v in p.positions.items() if v.qty})
+
+    def _escalate(self, new: str, why: str) -> None:
+        old = self._trading_state()
+        now = self._clock.now()
+        self._publish(AlertRaised(name="reconcile.drift", severity="critical", ts=now,
+                                  detail={"why": why, "state": new}))
+        if _STATE_RANK.get(new, 0) > _STATE_RANK.get(old, 0):
+            self._publish(TradingStateChanged(old=old, new=new, who="reconcile", why=why,
+                                              ts=now))
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _record(self, report: ReconcileReport) -> None:
+        unexplained = report.of(UNEXPLAINED)
+        if unexplained and report.ok:
+            # Unknown orders and the like: not drift in the books, but not ours either.
+            self._escalate("REDUCING", "reconcile: " + ", ".join(
+                f"{d.what} {d.client_order_id}" for d in unexplained))
+        counts = {k: len(report.of(k)) for k in (IN_FLIGHT, EXPLAINED, UNEXPLAINED)}
+        log.info("reconcile.done", reason=report.reason, ok=report.ok, **counts)
+        if self._journal is not None and (report.differences or report.reason != "tick"):
+            # A clean periodic pass is a log line; anything found (or a start/recovery
+            # pass) is on the record.
+            self._journal.append("ReconcileResult", report.payload(), ts=report.ts,
+                                 durable=bool(unexplained))
+            if unexplained:
+                self._journal.append("BooksSnapshot", books_snapshot(self._portfolio),
+                                     ts=report.ts, durable=True)
+
+    def _set_ready(self, ready: bool, why: str) -> None:
+        if ready == self.ready and not ready:
+            return
+        self.ready = ready
+        event = BrokerStatusChanged(broker=f"{self._broker.name}:reconcile",
+                                    status="ready" if ready else "recovering",
+                                    ts=self._clock.now(), detail=f"reconcile: {why}")
+        self._own.append(event)
+        log.info("reconcile.ready" if ready else "reconcile.recovering", why=why)
+        self._publish(event)
+
+
+def books_snapshot(portfolio: Portfolio) -> dict[str, Any]:
+    """The portfolio's state as a journal payload (restored by recovery)."""
+    return {
+        "cash": str(portfolio.cash),
+        "commissions": str(portfolio.commissions),
+        "fill_count": portfolio.fill_count,
+        "positions": {s: {"qty": p.qty, "avg_price": str(p.avg_price),
+                          "realized_pnl": str(p.realized_pnl)}
+                      for s, p in portfolio.positions.items() if p.qty or p.realized_pnl},
+        "prices": {s: portfolio.last_price[s] for s, p in portfolio.positions.items()
+                   if p.qty and s in portfolio.last_price},
+    }
+
+
+__all__ = ["Difference", "ReconcileReport", "Reconciler", "books_snapshot"]

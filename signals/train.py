@@ -1,0 +1,319 @@
+"""Train the XGBoost signal model on minute bars: ``tradingd train`` /
+``python -m signals.train --bars CSV --out DIR [--horizon N] [--train-until DATE]``.
+
+Label: is the symbol's forward log return over ``horizon`` bars above the cross-sectional
+mean at that timestamp (``--label excess``, the default), or above zero
+(``--label raw``)? Entry is the close of the feature bar; the exit bar must be in the same
+session, so no label spans a night.
+
+Split by time, never shuffled: training days, then validation (the tail of the training
+period, for early stopping and the drift reference), then the held-out test period after
+``--train-until``. A row is used in a segment only if its label ends inside that segment.
+The held-out figures are printed once, after the model is final; nothing is tuned on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from daemon.model import FloatArray
+from signals.artifacts import FORMAT_VERSION, save_model_dir
+from signals.bars import DenseBars, read_bars_csv
+from signals.config import ModelConfig
+from signals.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    SESSION_CLOSE_MINUTE,
+    SESSION_OPEN_MINUTE,
+    FeatureSet,
+    compute_features,
+)
+from signals.metrics import auc, describe, entropy, hit_rate, long_short, rank_ic
+
+log = structlog.get_logger("signals.train")
+BoolArray = npt.NDArray[np.bool_]
+SESSION_MINUTES = SESSION_CLOSE_MINUTE - SESSION_OPEN_MINUTE
+N_PRED_BINS = 10
+
+PARAMS: dict[str, Any] = {
+    "objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "eta": 0.05,
+    "max_depth": 6, "min_child_weight": 50, "subsample": 0.7, "colsample_bytree": 0.7,
+    "lambda": 10.0, "tree_method": "hist", "max_bin": 128, "nthread": 1,
+}
+SMALL_PARAMS: dict[str, Any] = {**PARAMS, "eta": 0.1, "max_depth": 4, "min_child_weight": 20}
+
+
+@dataclass(frozen=True, slots=True)
+class Segments:
+    """Row boundaries of the time split: train ``[0, val)``, validation ``[val, test)``,
+    test ``[test, end)`` (test may be empty)."""
+
+    val: int
+    test: int
+    end: int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` command's options."""
+    parser.add_argument("--bars", type=Path, required=True, help="minute bars CSV (.gz ok)")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--horizon", type=int, default=15, help="label horizon in bars")
+    parser.add_argument("--train-until", type=date.fromisoformat, default=None,
+                        help="last training date (YYYY-MM-DD); later dates are held out. "
+                             "Default: the last 20%% of days (or rows) are held out")
+    parser.add_argument("--first-symbols", type=int, default=None,
+                        help="use the first N symbols alphabetically (default: all)")
+    parser.add_argument("--label", choices=("excess", "raw"), default="excess")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="tail of the training period used for validation")
+    parser.add_argument("--max-rounds", type=int, default=None,
+                        help="boosting rounds at most (default 600; 60 with --small)")
+    parser.add_argument("--early-stop", type=int, default=None,
+                        help="rounds without validation AUC gain before stopping "
+                             "(default 50; 15 with --small; 0 = never stop early)")
+    parser.add_argument("--small", action="store_true",
+                        help="a small, fast model (demo): depth 4, at most 60 rounds")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, write the model directory and print the report. Returns the exit code."""
+    started = time.perf_counter()
+    bars = read_bars_csv(args.bars, first_symbols=args.first_symbols)
+    log.info("train.bars_loaded", path=str(args.bars), rows=len(bars),
+             symbols=len(bars.symbols), secs=round(time.perf_counter() - started, 2))
+    try:
+        metadata, booster = train(bars, args)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    metadata["elapsed_secs"] = round(time.perf_counter() - started, 2)
+    save_model_dir(args.out, booster, metadata)
+    print(format_report(metadata))
+    print(f"model written to {args.out} in {metadata['elapsed_secs']:.1f} s")
+    return 0
+
+
+def train(bars: DenseBars, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """Fit the model on ``bars``; returns (metadata, booster trimmed to the best round)."""
+    import xgboost as xgb
+
+    gates = ModelConfig()
+    t0 = time.perf_counter()
+    fs = compute_features(bars, dtype=np.float32)
+    feature_secs = time.perf_counter() - t0
+    fwd = forward_returns(bars, args.horizon)
+    usable = usable_cells(fs, fwd, args.horizon, gates.max_gap_bars)
+    target = fwd - _row_mean(fwd, usable) if args.label == "excess" else fwd
+    usable &= target != 0  # a tie says nothing about direction
+    seg = split_rows(bars, args.train_until, args.val_fraction)
+    masks = segment_masks(usable, seg, args.horizon)
+    if masks["train"].sum() < 100 or masks["validation"].sum() < 20:
+        raise ValueError(f"too little data to train: {int(masks['train'].sum())} training "
+                         f"and {int(masks['validation'].sum())} validation rows")
+    params = {**(SMALL_PARAMS if args.small else PARAMS), "seed": args.seed}
+    rounds = args.max_rounds or (60 if args.small else 600)
+    dtrain, dval = (xgb.DMatrix(fs.values[masks[k]], label=target[masks[k]] > 0,
+                                feature_names=list(FEATURE_NAMES), nthread=1)
+                    for k in ("train", "validation"))
+    t1 = time.perf_counter()
+    booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dval, "validation")],
+                        early_stopping_rounds=_early_stop(args) or None, verbose_eval=False)
+    fit_secs = time.perf_counter() - t1
+    best = int(getattr(booster, "best_iteration", rounds - 1))
+    booster = booster[: best + 1]
+    score = np.full(usable.shape, np.nan)
+    for k in ("train", "validation", "test"):
+        if masks[k].any():
+            score[masks[k]] = booster.inplace_predict(fs.values[masks[k]])
+    report = {k: evaluate(score, target, fwd, masks[k], fs=fs, horizon=args.horizon)
+              for k in ("train", "validation", "test")}
+    meta = {
+        "format": FORMAT_VERSION, "feature_names": list(FEATURE_NAMES),
+        "feature_version": FEATURE_VERSION,
+        "created_by": "signals.train", "xgboost_version": xgb.__version__,
+        "symbols": list(bars.symbols), "horizon": args.horizon, "label": args.label,
+        "bars": str(args.bars), "ranges": _ranges(bars, seg),
+        "params": params, "num_boost_round": rounds, "best_iteration": best,
+        "best_score": float(booster.attr("best_score") or "nan"),
+        "gates_at_training": {"max_gap_bars": gates.max_gap_bars},
+        "feature_stats": _feature_stats(fs.values[masks["train"]]),
+        "prediction": prediction_reference(score, masks),
+        "report": report,
+        "timing_secs": {"features": round(feature_secs, 2), "fit": round(fit_secs, 2)},
+    }
+    log.info("train.fitted", best_iteration=best, fit_secs=round(fit_secs, 2),
+             rows={k: int(v.sum()) for k, v in masks.items()})
+    return meta, booster
+
+
+def _early_stop(args: argparse.Namespace) -> int:
+    if args.early_stop is not None:
+        return int(args.early_stop)
+    return 15 if args.small else 50
+
+
+def forward_returns(bars: DenseBars, horizon: int) -> FloatArray:
+    """``log(close[t + h] / close[t])`` where the row ``t + h`` is exactly ``h`` bars later
+    (same session, no missing minute); NaN otherwise."""
+    t_len = len(bars)
+    fwd = np.full(bars.close.shape, np.nan)
+    if t_len <= horizon:
+        return fwd
+    step = np.int64(60_000_000_000) * horizon
+    same = (bars.ts_ns[horizon:] - bars.ts_ns[:-horizon]) == step
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.log(bars.close[horizon:] / bars.close[:-horizon])
+    fwd[:-horizon] = np.where(same[:, None], r, np.nan)
+    return fwd
+
+
+def usable_cells(fs: FeatureSet, fwd: FloatArray, horizon: int, max_gaps: int) -> BoolArray:
+    """Cells that the live gates would let through and that have a label: regular
+    session, bar present, warm, few gaps, all features finite."""
+    minute = fs.minute_of_session[:, None]
+    regular = (minute >= 0) & (minute + horizon < SESSION_MINUTES)
+    ok: BoolArray = (fs.present & fs.warm & (fs.gaps <= max_gaps) & regular
+                     & np.isfinite(fwd) & np.isfinite(fs.values).all(axis=2))
+    return ok
+
+
+def _row_mean(x: FloatArray, mask: BoolArray) -> FloatArray:
+    n = mask.sum(axis=1, keepdims=True)
+    total = np.where(mask, x, 0.0).sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: FloatArray = total / n
+    return out
+
+
+def split_rows(bars: DenseBars, train_until: date | None, val_fraction: float) -> Segments:
+    """Time split on whole days when there are at least 5, else on rows."""
+    days = bars.ny_dates()
+    ords = np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
+    uniq = sorted(set(days))
+    end = len(bars)
+
+    def first_row_of(d: date, side: str = "left") -> int:
+        return int(np.searchsorted(ords, d.toordinal(), side="right" if side == "right"
+                                   else "left"))
+
+    if train_until is not None:
+        test = first_row_of(train_until, side="right")
+        if test >= end:
+            raise ValueError(f"--train-until {train_until} leaves no held-out days")
+    elif len(uniq) >= 5:
+        test = first_row_of(uniq[len(uniq) - max(1, round(0.2 * len(uniq)))])
+    else:
+        test = int(end * 0.8)
+    train_days = sorted(set(days[:test]))
+    if len(train_days) >= 5:
+        val = first_row_of(train_days[len(train_days) - max(1, round(val_fraction
+                                                                     * len(train_days)))])
+    else:
+        val = int(test * (1 - val_fraction))
+    return Segments(val=val, test=test, end=end)
+
+
+def segment_masks(usable: BoolArray, seg: Segments, horizon: int) -> dict[str, BoolArray]:
+    """Usable cells of each segment whose label ends inside the segment (an embargo)."""
+    rows = np.arange(usable.shape[0])[:, None]
+    out = {}
+    for name, (a, b) in (("train", (0, seg.val)), ("validation", (seg.val, seg.test)),
+                         ("test", (seg.test, seg.end))):
+        out[name] = usable & (rows >= a) & (rows + horizon < b)
+    return out
+
+
+def evaluate(score: FloatArray, target: FloatArray, fwd: FloatArray, mask: BoolArray,
+             *, fs: FeatureSet, horizon: int) -> dict[str, Any]:
+    """AUC, hit rate, rank IC and naive long-short on the cells of ``mask``."""
+    if not mask.any():
+        return {"rows": 0}
+    y = target[mask] > 0
+    p = score[mask]
+    # Rebalance every ``horizon`` minutes from the open: holding periods never overlap.
+    step = fs.minute_of_session % horizon == 0
+    rows = np.flatnonzero(mask.any(axis=1) & step)
+    return {
+        "rows": int(mask.sum()), "timestamps": int(mask.any(axis=1).sum()),
+        "up_share": float(y.mean()), "auc": auc(y, p), "hit_rate": hit_rate(y, p),
+        "rank_ic": rank_ic(score, fwd, mask),
+        # Every-minute ICs share 14 of 15 label minutes: their t-stat is overstated.
+        "rank_ic_nonoverlap": rank_ic(score, fwd, mask & step[:, None]),
+        "long_short": long_short(score, fwd, mask, rows),
+    }
+
+
+def prediction_reference(score: FloatArray, masks: dict[str, BoolArray]) -> dict[str, Any]:
+    """Decile bins of the validation predictions: the drift monitor's reference."""
+    val = score[masks["validation"]]
+    edges = np.unique(np.quantile(val, np.linspace(0, 1, N_PRED_BINS + 1)[1:-1]))
+    hist = np.bincount(np.searchsorted(edges, val, side="right"), minlength=len(edges) + 1)
+    spread = float(np.quantile(np.abs(2 * val - 1), 0.99))
+    return {
+        "bin_edges": edges.tolist(), "validation_hist": hist.tolist(),
+        "validation_entropy": entropy(hist.astype(float)),
+        "strength_scale": 1.0 / spread if spread > 0 else 1.0,
+        "train": describe(score[masks["train"]]), "validation": describe(val),
+    }
+
+
+def _feature_stats(x: npt.NDArray[np.floating]) -> dict[str, dict[str, Any]]:
+    x64 = x.astype(np.float64)
+    return {name: describe(x64[:, j]) for j, name in enumerate(FEATURE_NAMES)}
+
+
+def _ranges(bars: DenseBars, seg: Segments) -> dict[str, list[str] | None]:
+    days = bars.ny_dates()
+
+    def span(a: int, b: int) -> list[str] | None:
+        return [str(days[a]), str(days[b - 1])] if b > a else None
+
+    return {"train": span(0, seg.val), "validation": span(seg.val, seg.test),
+            "test": span(seg.test, seg.end)}
+
+
+def format_report(meta: dict[str, Any]) -> str:
+    """The human-readable training report."""
+    lines = [f"features: {len(meta['feature_names'])}  symbols: {len(meta['symbols'])}  "
+             f"horizon: {meta['horizon']} bars  label: {meta['label']}  "
+             f"trees: {meta['best_iteration'] + 1} (best of {meta['num_boost_round']})"]
+    for seg, rng in meta["ranges"].items():
+        lines.append(f"  {seg:<10} {rng[0] + ' .. ' + rng[1] if rng else '(empty)'}")
+    lines.append(f"{'segment':<11}{'rows':>9}{'AUC':>8}{'hit':>8}{'IC':>9}{'IC t*':>7}"
+                 f"{'L/S bps':>9}{'L/S t':>7}{'L/S n':>7}")
+    for seg in ("train", "validation", "test"):
+        r = meta["report"][seg]
+        if not r.get("rows"):
+            lines.append(f"{seg:<11}{0:>9}")
+            continue
+        ic, ic_t, ls = r["rank_ic"], r["rank_ic_nonoverlap"]["t_stat"], r["long_short"]
+        lines.append(f"{seg:<11}{r['rows']:>9}{r['auc']:>8.4f}{r['hit_rate']:>8.4f}"
+                     f"{ic['mean_ic']:>9.4f}{ic_t:>7.1f}"
+                     f"{ls['mean_ret'] * 1e4:>9.2f}{ls['t_stat']:>7.1f}{int(ls['n']):>7}")
+    lines.append("held-out = test. IC: mean per-minute Spearman rank IC; IC t*: t-stat of "
+                 "the ICs at non-overlapping horizon steps only.\nL/S: top minus bottom "
+                 "quintile, equal weight, mean log return per horizon step, same steps, "
+                 "before costs")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m signals.train``."""
+    parser = argparse.ArgumentParser(prog="signals.train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""``tradingd run --broker alpaca`` as a real process against the emulator as a process.
+
+The emulator replays a demo day over its market-data websocket as live minutes; the
+daemon trades it through the real alpaca-py SDK (REST orders, the JSON trade stream, the
+msgpack data stream). At the end the daemon's books must equal the emulator's exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signals import demodata
+from tests.data import REPO
+
+pytestmark = pytest.mark.slow
+
+KEY, SECRET = "PKTESTE2E0000000", "e2e-secret-canary-0123456789"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET, **extra)
+    return env
+
+
+def _snapshot(base: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base}/_control/snapshot", timeout=5) as r:
+        data: dict[str, Any] = json.loads(r.read())
+    return data
+
+
+def _wait_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if re.search(pattern, line):
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"no line matching {pattern!r}")
+
+
+class TestDaemonOnAlpacaEmulator:
+    def test_run_when_broker_alpaca_then_books_equal_emulator_exactly(
+        self, tmp_path: Path
+    ) -> None:
+        # Arrange
+        csv = demodata.write(tmp_path / "day.csv", days=1, n_symbols=12, seed=21)
+        symbols = [f"DEMO{i:02d}" for i in range(12)]
+        emu = subprocess.Popen(
+            [sys.executable, "-m", "tests.alpaca_emulator", "--port", "0", "--bars", str(csv),
+             "--bar-interval", "0.03", "--rebase-now", "--wait-subscriber", "--fill-parts", "2"],
+            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        daemon: subprocess.Popen[str] | None = None
+        try:
+            port = re.search(r"127\.0\.0\.1:(\d+)", _wait_line(emu, "alpaca emulator on", 30))
+            assert port is not None
+            base = f"http://127.0.0.1:{port.group(1)}"
+            state = tmp_path / "state"
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "run", "--broker", "alpaca",
+                 "--state-dir", str(state)],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=_env(APCA_API_BASE_URL=base, APCA_API_DATA_URL=base,
+                         TRADINGD_FEED__SOURCE="alpaca",
+                         TRADINGD_FEED__SYMBOLS=json.dumps(symbols)))
+            # Act: the emulator replays the day once the daemon has subscribed
+            _wait_line(emu, "bars done", 120)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                snap = _snapshot(base)
+                if not [o for o in snap["orders"] if o["status"] in
+                        ("new", "accepted", "partially_filled", "pending_new")]:
+                    break
+                time.sleep(0.2)
+            time.sleep(3.0)  # the feed's last minute is flushed, its orders trade
+            daemon.send_signal(signal.SIGTERM)
+            out, _ = daemon.communicate(timeout=60)
+            snap = _snapshot(base)  # the broker's books once the daemon has stopped
+        finally:
+            for p in (daemon, emu):
+                if p is not None and p.poll() is None:
+                    p.terminate()
+                    p.wait(timeout=10)
+        (tmp_path / "daemon.log").write_text(out)  # kept by pytest for a failing run
+        (tmp_path / "emulator.json").write_text(json.dumps(snap, indent=1))
+        # Assert
+        assert daemon.returncode == 0, out[-3000:]
+        snap_orders = snap["orders"]
+        assert snap_orders, "orders must arrive at the emulator"
+        cids = Counter(o["client_order_id"] for o in snap_orders)
+        assert max(cids.values()) == 1, "no duplicate orders"
+        status = json.loads((state / "status.json").read_text())
+        emu_positions = {s: int(Decimal(p["qty"])) for s, p in snap["positions"].items()
+                         if Decimal(p["qty"])}
+        ours = {s: p["qty"] for s, p in status["positions"].items()}
+        assert ours == emu_positions
+        assert Decimal(status["cash"]) == Decimal(snap["account"]["cash"])
+        for sym, p in status["positions"].items():
+            assert Decimal(p["avg_price"]) == Decimal(
+                snap["positions"][sym]["avg_entry_price"]).quantize(Decimal("0.0001"))
+        fills = [json.loads(line) for line in out.splitlines()
+                 if line.startswith("{") and '"order.' in line and 'fill' in line]
+        assert sum(1 for f in fills if f["event"] in ("order.filled", "order.partial_fill")) \
+            == len(snap["executions"]), "every execution came back over the stream, once"
+        assert KEY not in out and SECRET not in out

@@ -1,0 +1,75 @@
+"""A small daemon-like wiring of the real journal, order manager, portfolio, reconciler
+and recovery on a real bus, around a ``FakeBroker``, for recovery/reconcile tests."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from decimal import Decimal
+from pathlib import Path
+
+from daemon.bus import Bus
+from daemon.clock import ReplayClock
+from daemon.events import Event, OrderFilled, SubmitOrder, TradingStateChanged
+from daemon.execution import OrderManager
+from daemon.journal import JOURNAL_FILE, Journal
+from daemon.reconcile import Reconciler
+from daemon.recovery import EquityMarker, Recovered, recover
+from daemon.stats import SessionStats
+from portfolio import Portfolio
+from tests.daemon.fake_broker import T0, FakeBroker
+
+
+class Session:
+    """One daemon lifetime over ``state_dir`` and ``broker``; ``await start()``/``stop()``."""
+
+    def __init__(self, state_dir: Path, broker: FakeBroker) -> None:
+        self.broker = broker
+        self.clock = ReplayClock(T0)
+        self.events: list[Event] = []
+        self.bus = Bus()
+        self.journal = Journal(state_dir / JOURNAL_FILE, clock=self.clock)
+        self.portfolio = Portfolio(Decimal(100_000), publish=self.bus.publish)
+        self.orders = OrderManager(broker, clock=self.clock, publish=self.bus.publish,
+                                   on_intent=self.journal.record_intent)
+        self.stats = SessionStats()
+        self.state = "ACTIVE"
+        self.reconciler = Reconciler(broker, orders=self.orders, portfolio=self.portfolio,
+                                     clock=self.clock, publish=self.bus.publish,
+                                     journal=self.journal, trading_state=lambda: self.state,
+                                     confirm_delay=0.0, grace_secs=30)
+        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock)
+        self.journal.attach(self.bus)
+        self.stats.attach(self.bus)
+        self.reconciler.attach(self.bus)
+        self.bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        self.bus.subscribe(Event, self.events.append)
+        self.bus.subscribe(TradingStateChanged, self._on_state)
+        self.bus.register(SubmitOrder, self.orders.execute_submit)
+        broker.sink = self.orders.on_report
+        self._stack = AsyncExitStack()
+        self.recovered: Recovered | None = None
+
+    def _on_state(self, e: TradingStateChanged) -> None:
+        self.state = e.new
+
+    async def start(self) -> Recovered:
+        await self._stack.enter_async_context(self.journal)
+        await self._stack.enter_async_context(self.orders)
+        await self._stack.enter_async_context(self.reconciler)
+        self.recovered = await recover(
+            journal=self.journal, broker=self.broker, orders=self.orders,
+            portfolio=self.portfolio, stats=self.stats, marker=self.marker,
+            reconciler=self.reconciler, clock=self.clock)
+        return self.recovered
+
+    async def stop(self) -> None:
+        await self.orders.drained()
+        await self._stack.aclose()
+
+    async def crash(self) -> None:
+        """Die without flushing: buffered journal rows are lost, like a SIGKILL."""
+        self.journal._buffer.clear()
+        await self._stack.aclose()
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]

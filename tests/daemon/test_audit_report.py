@@ -1,0 +1,120 @@
+"""``tradingd audit`` and ``tradingd report`` on a journaled test session."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+from daemon.events import OrderDenied, SignalBatch, SubmitOrder
+from daemon.model import Signal
+from tests.daemon.fake_broker import T0, FakeBroker, intent
+from tests.daemon.session import Session
+
+
+async def _session(tmp_path: Path) -> None:
+    """A denied signal (MAX_POSITION) and a filled order (two fills) for AAPL/MSFT."""
+    broker = FakeBroker()
+    s = Session(tmp_path, broker)
+    await s.start()
+    sig_msft = Signal("demo:1:MSFT", "MSFT", 0.9, 400.0, T0, "demo")
+    sig_aapl = Signal("demo:1:AAPL", "AAPL", 0.7, 100.0, T0, "demo")
+    s.bus.publish(SignalBatch(T0, "demo", (sig_msft, sig_aapl)))
+    denied = replace(intent("td-msft1", symbol="MSFT", qty=30, price="400"), signal=sig_msft)
+    s.bus.publish(OrderDenied(denied, reason="MAX_POSITION_PCT", limit=Decimal("5000.00"),
+                              observed=Decimal("12000.00")))
+    s.marker.mark(s.clock.now())
+    s.bus.send(SubmitOrder(replace(intent("td-aapl1", qty=10, price="100"), signal=sig_aapl)))
+    await s.orders.drained()
+    broker.fill("td-aapl1", 4, Decimal("100.02"), T0 + timedelta(minutes=1))
+    broker.fill("td-aapl1", 6, Decimal("100.05"), T0 + timedelta(minutes=2))
+    for minute, px in ((3, 101.0), (4, 99.0), (5, 100.5)):
+        s.clock.set(T0 + timedelta(minutes=minute))
+        s.portfolio.load(s.portfolio.cash, s.portfolio.positions.values(), prices={"AAPL": px})
+        s.marker.mark(s.clock.now())
+    await s.stop()
+
+
+class TestAudit:
+    async def test_audit_when_signal_denied_then_shows_reason_and_numbers(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        await _session(tmp_path)
+        capsys.readouterr()  # the session's own log lines
+        assert main(["audit", "--state-dir", str(tmp_path), "--order", "td-msft1"]) == 0
+        out = capsys.readouterr().out
+        assert "signal demo:1:MSFT strength=0.9" in out
+        assert "DENIED reason=MAX_POSITION_PCT limit=5000.00 observed=12000.00" in out
+        assert "outcome: denied by the gate: MAX_POSITION_PCT (limit 5000.00, observed " \
+               "12000.00)" in out
+
+    async def test_audit_when_order_filled_then_shows_intent_ack_and_each_fill(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        await _session(tmp_path)
+        capsys.readouterr()  # the session's own log lines
+        assert main(["audit", "--state-dir", str(tmp_path), "--order", "td-aapl1"]) == 0
+        out = capsys.readouterr().out
+        kinds = [line.split()[2] for line in out.splitlines()[1:] if re.match(r"\s+\d+ ", line)]
+        assert kinds == ["Signal", "OrderIntent", "OrderSubmitted", "OrderNew", "OrderFilled",
+                         "OrderFilled"]
+        assert "intent buy 10 market day ref=100 signal=demo:1:AAPL" in out
+        assert "ack new broker_order_id=B1" in out
+        assert "fill buy 4 @ 100.02 exec=B1-1" in out and "fill buy 6 @ 100.05 exec=B1-2" in out
+        assert "outcome: filled: filled 10/10 at avg 100.0380" in out
+
+    async def test_audit_when_json_or_csv_then_machine_readable(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        await _session(tmp_path)
+        capsys.readouterr()  # the session's own log lines
+        main(["audit", "--state-dir", str(tmp_path), "--symbol", "MSFT", "--format", "json"])
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["type"] for r in rows] == ["Signal", "OrderDenied"]
+        assert rows[1]["payload"]["limit"] == "5000.00"
+        main(["audit", "--state-dir", str(tmp_path), "--symbol", "MSFT", "--format", "csv"])
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[0] == "seq,ts,type,client_order_id,symbol,detail,payload"
+        assert len(lines) == 3
+
+    async def test_audit_when_signal_id_given_then_follows_it_to_its_order(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        await _session(tmp_path)
+        capsys.readouterr()  # the session's own log lines
+        main(["audit", "--state-dir", str(tmp_path), "--signal", "demo:1:AAPL",
+              "--format", "json"])
+        rows = json.loads(capsys.readouterr().out)
+        assert rows[0]["type"] == "Signal"
+        assert {r["client_order_id"] for r in rows[1:]} == {"td-aapl1"}
+
+
+class TestReport:
+    async def test_report_when_run_then_html_has_charts_and_figures(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        # Arrange
+        await _session(tmp_path)
+        capsys.readouterr()  # the session's own log lines
+        out = tmp_path / "r.html"
+        # Act
+        assert main(["report", "--state-dir", str(tmp_path), "--out", str(out)]) == 0
+        # Assert: the text figures
+        text = capsys.readouterr().out
+        assert "tradingd report for 2024-03-01" in text
+        assert re.search(r"orders\s+1\b", text) and re.search(r"fills\s+2\b", text)
+        assert "gate:MAX_POSITION_PCT" in text
+        # and the page
+        html = out.read_text()
+        assert html.count("<svg") == 3
+        for css in ("equity", "drawdown", "slippage"):
+            assert f'class="{css}"' in html
+        assert "<polyline" in html and "<rect" in html
+        assert "<th>fill_rate</th><td>1.0</td>" in html
+        # slippage: 2 bps and 5 bps on a buy against reference 100
+        assert "<th>slippage_bps_mean</th><td>3.5</td>" in html
+        assert "<th>pnl</th><td>4.62</td>" in html  # 10 AAPL at 100.038 marked at 100.5
+
+    def test_report_when_no_journal_then_usage_error(self, tmp_path: Path):
+        assert main(["report", "--state-dir", str(tmp_path)]) == 2

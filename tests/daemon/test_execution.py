@@ -1,0 +1,444 @@
+"""The order manager against a recording fake broker: what reaches the broker, what is
+published, how ambiguity is resolved (never by re-sending), and the views sizing uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from structlog.testing import capture_logs
+
+from brokers.base import Broker, BrokerOrder
+from daemon.bus import Bus
+from daemon.clock import ReplayClock
+from daemon.errors import AmbiguousSubmission, BrokerRejected, BrokerUnavailable
+from daemon.events import (
+    AlertRaised,
+    BrokerStatusChanged,
+    CancelAllOrders,
+    CancelOrder,
+    Event,
+    OrderCanceled,
+    OrderFilled,
+    OrderIntent,
+    OrderNew,
+    OrderRejected,
+    OrderSubmitted,
+    SubmitOrder,
+)
+from daemon.execution import OrderManager
+from daemon.model import Fill, OrderSide, OrderType, TimeInForce
+from daemon.orders import OrderStatus
+from portfolio.book import Portfolio
+from tests.fakes import RecordingBroker
+
+# 10:00 New York (EST) on a Tuesday
+T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
+
+
+def intent(cid: str = "td-1", symbol: str = "AAPL", side: OrderSide = OrderSide.BUY,
+           qty: int = 10) -> OrderIntent:
+    return OrderIntent(client_order_id=cid, symbol=symbol, side=side, qty=qty,
+                       order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY, ts=T0,
+                       reference_price=Decimal("150.00"))
+
+
+def filled(cid: str, exec_id: str, qty: int, price: str = "150.00",
+           side: OrderSide = OrderSide.BUY, symbol: str = "AAPL") -> OrderFilled:
+    return OrderFilled(client_order_id=cid, ts=T0, fill=Fill(
+        execution_id=exec_id, client_order_id=cid, symbol=symbol, side=side, qty=qty,
+        price=Decimal(price), ts=T0))
+
+
+def broker_order(cid: str, status: OrderStatus, broker_id: str = "b-1") -> BrokerOrder:
+    return BrokerOrder(client_order_id=cid, broker_order_id=broker_id, symbol="AAPL",
+                       side=OrderSide.BUY, qty=10, order_type=OrderType.MARKET,
+                       time_in_force=TimeInForce.DAY, status=status, filled_qty=0,
+                       filled_avg_price=None, submitted_at=T0)
+
+
+@dataclass
+class Rig:
+    broker: RecordingBroker
+    clock: ReplayClock
+    manager: OrderManager
+    published: list[Event] = field(default_factory=list)
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [e for e in self.published if isinstance(e, kind)]
+
+
+def build(**kwargs: object) -> Rig:
+    broker = RecordingBroker()
+    clock = ReplayClock(T0)
+    published: list[Event] = []
+    manager = OrderManager(broker, clock=clock, publish=published.append, **kwargs)  # type: ignore[arg-type]
+    broker.sink = manager.on_report
+    return Rig(broker, clock, manager, published)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = build(submit_timeout=0.2)
+    async with r.manager:
+        yield r
+
+
+class TestRecordingBroker:
+    def test_fake_when_checked_then_satisfies_broker_protocol(self) -> None:
+        assert isinstance(RecordingBroker(), Broker)
+
+
+class TestOrderManagerLifecycle:
+    @pytest.mark.parametrize("yields", [0, 1, 2, 3, 4])
+    async def test_exit_when_cancelled_around_a_broker_call_then_returns(
+        self, yields: int
+    ) -> None:
+        # Arrange: the exit lands at every point of a (fast) broker call in turn
+        r = build(submit_timeout=5)
+        await r.manager.__aenter__()
+        r.manager.execute_submit(SubmitOrder(intent()))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+
+        # Act / Assert: leaving the context must cancel the worker, not hang
+        await asyncio.wait_for(r.manager.__aexit__(None, None, None), 1)
+
+
+class TestOrderManagerSubmit:
+    async def test_submit_then_order_submitted_published_and_intent_reaches_broker(
+        self, rig: Rig
+    ) -> None:
+        # Arrange
+        order_intent = intent()
+
+        # Act
+        with capture_logs() as logs:
+            rig.manager.execute_submit(SubmitOrder(order_intent))
+            await asyncio.wait_for(rig.manager.drained(), 1)
+
+        # Assert
+        assert rig.published == [OrderSubmitted(client_order_id="td-1", ts=T0)]
+        assert rig.broker.submitted == [order_intent]
+        assert rig.manager.orders["td-1"].status is OrderStatus.PENDING_NEW
+        assert [e["event"] for e in logs] == ["order.submitted"]
+
+    async def test_submit_when_on_intent_hook_then_called_before_broker(self) -> None:
+        r = build()
+        seen_at_hook: list[int] = []
+        r2 = OrderManager(r.broker, clock=r.clock, publish=r.published.append,
+                          on_intent=lambda i: seen_at_hook.append(len(r.broker.submitted)))
+
+        async with r2:
+            r2.execute_submit(SubmitOrder(intent()))
+            await asyncio.wait_for(r2.drained(), 1)
+
+        assert seen_at_hook == [0]
+        assert len(r.broker.submitted) == 1
+
+    async def test_submit_when_duplicate_client_order_id_then_ignored(self, rig: Rig) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        with capture_logs() as logs:
+            rig.manager.execute_submit(SubmitOrder(intent(qty=99)))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        assert len(rig.broker.submitted) == 1
+        assert rig.manager.orders["td-1"].qty == 10
+        assert rig.manager.stats["duplicate_id"] == 1
+        assert [e["event"] for e in logs] == ["order.duplicate_id"]
+
+    async def test_submit_when_broker_rejects_then_order_rejected_published(
+        self, rig: Rig
+    ) -> None:
+        rig.broker.fail_next_submit(BrokerRejected("insufficient buying power", status=403))
+
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        rejected = rig.of(OrderRejected)
+        assert len(rejected) == 1
+        assert "insufficient buying power" in rejected[0].reason  # type: ignore[attr-defined]
+        assert rig.manager.orders["td-1"].status is OrderStatus.REJECTED
+
+    async def test_submit_when_broker_unavailable_then_rejected_locally_not_retried(
+        self, rig: Rig
+    ) -> None:
+        rig.broker.fail_next_submit(BrokerUnavailable("503"))
+
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        assert len(rig.broker.submitted) == 1
+        assert rig.manager.orders["td-1"].status is OrderStatus.REJECTED
+        assert rig.broker.lookups == []
+
+    async def test_submit_when_outbox_full_then_rejected_with_backpressure(self) -> None:
+        # Arrange: the worker is not running, so the outbox cannot drain
+        r = build(outbox_size=1)
+        r.manager.execute_submit(SubmitOrder(intent("td-1")))
+
+        # Act
+        with capture_logs():
+            r.manager.execute_submit(SubmitOrder(intent("td-2")))
+
+        # Assert
+        assert [type(e).__name__ for e in r.published] == [
+            "OrderSubmitted", "OrderSubmitted", "OrderRejected"]
+        assert r.published[-1].reason == "BACKPRESSURE"  # type: ignore[attr-defined]
+        assert r.manager.orders["td-2"].status is OrderStatus.REJECTED
+        assert r.manager.stats["backpressure"] == 1
+
+
+class TestOrderManagerAmbiguous:
+    async def test_ambiguous_when_broker_knows_order_then_acknowledged(self, rig: Rig) -> None:
+        # Arrange
+        rig.broker.fail_next_submit(AmbiguousSubmission("read timeout"))
+        rig.broker.known["td-1"] = broker_order("td-1", OrderStatus.NEW, broker_id="b-77")
+
+        # Act
+        with capture_logs() as logs:
+            rig.manager.execute_submit(SubmitOrder(intent()))
+            await asyncio.wait_for(rig.manager.drained(), 1)
+
+        # Assert
+        order = rig.manager.orders["td-1"]
+        assert order.status is OrderStatus.NEW
+        assert order.broker_order_id == "b-77"
+        assert rig.broker.lookups == ["td-1"]
+        assert len(rig.broker.submitted) == 1
+        assert [type(e) for e in rig.published] == [OrderSubmitted, OrderNew]
+        assert "order.ambiguous" in [e["event"] for e in logs]
+
+    async def test_ambiguous_when_broker_rejected_it_then_rejected(self, rig: Rig) -> None:
+        rig.broker.fail_next_submit(AmbiguousSubmission("reset"))
+        rig.broker.known["td-1"] = broker_order("td-1", OrderStatus.REJECTED)
+
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        assert rig.manager.orders["td-1"].status is OrderStatus.REJECTED
+
+    async def test_ambiguous_when_broker_does_not_know_then_pending_and_never_resent(
+        self, rig: Rig
+    ) -> None:
+        rig.broker.fail_next_submit(AmbiguousSubmission("502 after send"))
+
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+        await asyncio.sleep(0.05)  # give a (wrong) retry every chance to happen
+
+        assert rig.manager.orders["td-1"].status is OrderStatus.PENDING_NEW
+        assert len(rig.broker.submitted) == 1
+        assert rig.broker.lookups == ["td-1"]
+        assert rig.of(OrderRejected) == []
+
+    async def test_submit_when_broker_hangs_then_timeout_treated_as_ambiguous(
+        self, rig: Rig
+    ) -> None:
+        rig.broker.hang_submit = True
+        rig.broker.known["td-1"] = broker_order("td-1", OrderStatus.ACCEPTED)
+
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 2)
+
+        assert rig.manager.stats["ambiguous"] == 1
+        assert rig.broker.lookups == ["td-1"]
+        assert len(rig.broker.submitted) == 1
+        assert rig.manager.orders["td-1"].status is OrderStatus.NEW
+
+
+class TestOrderManagerReports:
+    async def test_report_when_duplicate_fill_then_published_once_and_booked_once(
+        self,
+    ) -> None:
+        # Arrange: a real bus with the portfolio behind it
+        bus = Bus()
+        portfolio = Portfolio(Decimal(100_000))
+        bus.subscribe(OrderFilled, portfolio.on_fill)
+        fills: list[Event] = []
+        bus.subscribe(OrderFilled, fills.append)
+        broker = RecordingBroker()
+        manager = OrderManager(broker, clock=ReplayClock(T0), publish=bus.publish)
+        broker.sink = manager.on_report
+        manager.execute_submit(SubmitOrder(intent(qty=10)))
+        broker.report(OrderNew(client_order_id="td-1", ts=T0))
+
+        # Act: the stream delivers the same execution twice
+        with capture_logs() as logs:
+            broker.report(filled("td-1", "exec-1", 4, "150.00"))
+            broker.report(filled("td-1", "exec-1", 4, "150.00"))
+
+        # Assert
+        assert len(fills) == 1
+        assert portfolio.qty("AAPL") == 4
+        assert portfolio.cash == Decimal(100_000) - Decimal("600.00")
+        assert manager.orders["td-1"].filled_qty == 4
+        assert manager.stats["duplicate_fill"] == 1
+        assert "order.duplicate_fill" in [e["event"] for e in logs]
+
+    async def test_report_when_unknown_order_then_kept_not_published(self, rig: Rig) -> None:
+        stray = OrderCanceled(client_order_id="not-ours", ts=T0)
+
+        with capture_logs() as logs:
+            rig.broker.report(stray)
+
+        assert rig.manager.unknown_reports == [stray]
+        assert rig.published == []
+        assert [e["event"] for e in logs] == ["order.unknown_report"]
+
+    async def test_report_when_illegal_transition_then_counted_not_published(
+        self, rig: Rig
+    ) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        rig.broker.report(OrderCanceled(client_order_id="td-1", ts=T0))
+        rig.published.clear()
+
+        with capture_logs():
+            rig.broker.report(OrderNew(client_order_id="td-1", ts=T0))
+
+        assert rig.published == []
+        assert rig.manager.stats["illegal_transition"] == 1
+        assert rig.manager.orders["td-1"].status is OrderStatus.CANCELED
+
+    async def test_report_when_overfill_then_alert_not_fill(self, rig: Rig) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent(qty=5)))
+        rig.published.clear()
+
+        with capture_logs():
+            rig.broker.report(filled("td-1", "x1", 6))
+
+        assert [type(e) for e in rig.published] == [AlertRaised]
+        assert rig.published[0].severity == "critical"  # type: ignore[attr-defined]
+        assert rig.manager.orders["td-1"].filled_qty == 0
+
+    async def test_report_when_not_an_order_event_then_passed_through(self, rig: Rig) -> None:
+        status = BrokerStatusChanged(broker="recording", status="connected", ts=T0)
+
+        rig.broker.report(status)
+
+        assert rig.published == [status]
+
+
+class TestOrderManagerCancel:
+    async def test_cancel_when_order_open_then_broker_asked_to_cancel(self, rig: Rig) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        with capture_logs():
+            rig.manager.execute_cancel(CancelOrder("td-1", reason="operator"))
+            await asyncio.sleep(0.01)
+
+        assert rig.broker.cancels == ["td-1"]
+
+    async def test_cancel_when_broker_fails_then_logged_and_order_still_open(
+        self, rig: Rig
+    ) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+        rig.broker.cancel_error = BrokerUnavailable("503")
+
+        with capture_logs() as logs:
+            rig.manager.execute_cancel(CancelOrder("td-1"))
+            await asyncio.sleep(0.01)
+
+        assert rig.broker.cancels == ["td-1"]
+        assert rig.manager.orders["td-1"].is_open
+        assert "order.cancel_failed" in [e["event"] for e in logs]
+
+    async def test_cancel_when_order_done_then_broker_not_called(self, rig: Rig) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        rig.broker.report(OrderCanceled(client_order_id="td-1", ts=T0))
+
+        with capture_logs() as logs:
+            rig.manager.execute_cancel(CancelOrder("td-1"))
+            await asyncio.sleep(0.01)
+
+        assert rig.broker.cancels == []
+        assert [e["event"] for e in logs] == ["order.cancel_skipped"]
+
+    async def test_cancel_all_then_broker_asked_once(self, rig: Rig) -> None:
+        with capture_logs():
+            rig.manager.execute_cancel_all(CancelAllOrders(reason="halt"))
+            await asyncio.sleep(0.01)
+
+        assert rig.broker.cancel_alls == 1
+
+
+class TestOrderManagerViews:
+    async def test_working_qty_when_partially_filled_then_signed_leaves(self, rig: Rig) -> None:
+        # Arrange
+        rig.manager.execute_submit(SubmitOrder(intent("b1", qty=10)))
+        rig.manager.execute_submit(SubmitOrder(intent("s1", side=OrderSide.SELL, qty=3)))
+        rig.manager.execute_submit(SubmitOrder(intent("m1", symbol="MSFT", qty=7)))
+
+        # Act
+        rig.broker.report(filled("b1", "x1", 4))
+        rig.broker.report(filled("s1", "x2", 3, side=OrderSide.SELL))
+
+        # Assert: 6 left to buy; the sell is done; MSFT is another symbol
+        assert rig.manager.working_qty("AAPL") == 6
+        assert rig.manager.working_qty("MSFT") == 7
+        assert rig.manager.working_qty("IBM") == 0
+
+    async def test_working_qty_when_sell_open_then_negative(self, rig: Rig) -> None:
+        rig.manager.execute_submit(SubmitOrder(intent("s1", side=OrderSide.SELL, qty=3)))
+
+        assert rig.manager.working_qty("AAPL") == -3
+
+    def test_orders_today_when_new_york_date_changes_then_rolls_over(self) -> None:
+        # Arrange: 22:00 New York on March 5th is already March 6th in UTC
+        r = build()
+        r.clock.set(datetime(2024, 3, 6, 3, 0, tzinfo=UTC))
+        r.manager.execute_submit(SubmitOrder(intent("a1", symbol="AAPL")))
+        r.manager.execute_submit(SubmitOrder(intent("a2", symbol="AAPL")))
+        r.manager.execute_submit(SubmitOrder(intent("m1", symbol="MSFT")))
+
+        # Act / Assert: still March 5th in New York one hour before its midnight
+        r.clock.set(datetime(2024, 3, 6, 4, 59, tzinfo=UTC))
+        assert (r.manager.orders_today(), r.manager.orders_today("AAPL")) == (3, 2)
+
+        # New York midnight (05:00 UTC in winter): a new trading day
+        r.clock.set(datetime(2024, 3, 6, 5, 0, tzinfo=UTC))
+        assert (r.manager.orders_today(), r.manager.orders_today("AAPL")) == (0, 0)
+
+        r.manager.execute_submit(SubmitOrder(intent("a3", symbol="AAPL")))
+        assert (r.manager.orders_today(), r.manager.orders_today("AAPL")) == (1, 1)
+
+    def test_orders_today_when_summer_time_then_rolls_at_04_utc(self) -> None:
+        r = build()
+        r.clock.set(datetime(2024, 7, 9, 3, 59, tzinfo=UTC))
+        r.manager.execute_submit(SubmitOrder(intent("a1")))
+
+        r.clock.set(datetime(2024, 7, 9, 4, 0, tzinfo=UTC))
+
+        assert r.manager.orders_today() == 0
+
+    async def test_drained_when_several_orders_then_returns_after_all_reached_broker(
+        self, rig: Rig
+    ) -> None:
+        for n in range(5):
+            rig.manager.execute_submit(SubmitOrder(intent(f"td-{n}")))
+        assert len(rig.broker.submitted) == 0  # the handler does not await the broker
+
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        assert [i.client_order_id for i in rig.broker.submitted] == [f"td-{n}" for n in range(5)]
+
+    async def test_drained_when_nothing_submitted_then_returns_at_once(self, rig: Rig) -> None:
+        await asyncio.wait_for(rig.manager.drained(), 0.5)
+
+    async def test_drained_when_worker_waits_on_broker_then_not_yet(self, rig: Rig) -> None:
+        rig.broker.hang_submit = True
+        rig.manager.execute_submit(SubmitOrder(intent()))
+
+        waiter = asyncio.create_task(rig.manager.drained())
+        await asyncio.sleep(0.05)
+        done_early = waiter.done()
+        with capture_logs():
+            await asyncio.wait_for(waiter, 2)  # the 0.2 s submit timeout ends it
+
+        assert not done_early

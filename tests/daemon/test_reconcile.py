@@ -1,0 +1,208 @@
+"""Reconciliation: each class of difference (in flight, explained, unexplained drift)."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from daemon.events import (
+    AlertRaised,
+    BrokerStatusChanged,
+    ReconcileTick,
+    SubmitOrder,
+    TradingStateChanged,
+)
+from daemon.orders import OrderStatus
+from tests.daemon.fake_broker import FakeBroker, intent
+from tests.daemon.session import Session
+
+
+async def _started(tmp_path: Path, broker: FakeBroker | None = None) -> Session:
+    s = Session(tmp_path, broker or FakeBroker())
+    await s.start()
+    return s
+
+
+async def _trade(s: Session, cid: str, qty: int = 10) -> None:
+    s.bus.send(SubmitOrder(intent(cid, qty=qty)))
+    await s.orders.drained()
+
+
+class TestReconcileInFlight:
+    async def test_unacked_young_order_when_unknown_to_broker_then_in_flight(
+            self, tmp_path: Path):
+        s = await _started(tmp_path)
+        s.journal.record_intent(intent("c1"))
+        from daemon.orders import Order
+
+        s.orders.adopt(Order.from_intent(intent("c1")))  # handed over, not sent yet
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("in_flight")] == ["unacknowledged"]
+        assert s.orders.orders["c1"].status is OrderStatus.PENDING_NEW
+        await s.stop()
+
+    async def test_unacked_old_order_when_unknown_on_two_passes_then_abandoned(
+            self, tmp_path: Path):
+        s = await _started(tmp_path)
+        from daemon.orders import Order
+
+        s.orders.adopt(Order.from_intent(intent("c1")))
+        s.clock.advance(120)
+        first = await s.reconciler.reconcile("tick")  # could still be in the outbox
+        assert [d.what for d in first.of("in_flight")] == ["unacknowledged"]
+        s.clock.advance(60)
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("explained")] == ["abandoned"]
+        assert s.orders.orders["c1"].status is OrderStatus.ABANDONED
+        assert s.broker.submitted == []
+        await s.stop()
+
+
+class TestReconcileExplained:
+    async def test_fill_missed_on_the_stream_when_reconciled_then_booked_and_journaled(
+            self, tmp_path: Path):
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.fill("c1", 10, Decimal("100"), report=False)  # the stream dropped it
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("explained")] == ["missed_fill"]
+        assert report.ok and not report.of("unexplained")
+        assert s.portfolio.qty("AAPL") == 10
+        assert s.orders.orders["c1"].status is OrderStatus.FILLED
+        assert any(r.type == "OrderFilled" for r in s.journal.rows(client_order_id="c1"))
+        assert s.state == "ACTIVE"
+        await s.stop()
+
+    async def test_fill_while_daemon_down_when_restarted_then_booked_without_drift(
+            self, tmp_path: Path):
+        broker = FakeBroker()
+        s1 = await _started(tmp_path, broker)
+        await _trade(s1, "c1")
+        await s1.stop()
+        broker.fill("c1", 4, Decimal("100.25"), report=False)
+        broker.fill("c1", 6, Decimal("100.75"), report=False)
+        s2 = await _started(tmp_path, broker)
+        report = s2.reconciler.last_report
+        assert report is not None and report.ok
+        assert [d.what for d in report.of("explained")] == ["missed_fill", "missed_fill"]
+        assert s2.portfolio.qty("AAPL") == 10
+        assert s2.portfolio.cash == broker.cash
+        assert s2.state == "ACTIVE"
+        await s2.stop()
+
+    async def test_cancel_missed_when_reconciled_then_order_canceled(self, tmp_path: Path):
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.set_status("c1", OrderStatus.CANCELED)
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("explained")] == ["missed_status"]
+        assert s.orders.orders["c1"].status is OrderStatus.CANCELED
+        await s.stop()
+
+    async def test_duplicate_fill_when_reconciled_then_not_booked_twice(self, tmp_path: Path):
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.fill("c1", 10, Decimal("100"))  # reported on the stream and listed again
+        report = await s.reconciler.reconcile("tick")
+        assert report.differences == []
+        assert s.portfolio.qty("AAPL") == 10
+        await s.stop()
+
+
+class TestReconcileDrift:
+    async def test_position_changed_behind_our_back_then_halts_alerts_and_adopts(
+            self, tmp_path: Path):
+        # Arrange
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.fill("c1", 10, Decimal("100"))
+        s.broker.set_position("AAPL", 25, Decimal("100"))  # someone traded by hand
+        # Act
+        with capture_logs() as logs:
+            report = await s.reconciler.reconcile("tick")
+        # Assert
+        drift = [e for e in logs if e["event"] == "reconcile.drift"]
+        assert drift == [{"event": "reconcile.drift", "log_level": "error", "what": "position",
+                          "symbol": "AAPL", "books": 10, "broker": 25}]
+        assert not report.ok
+        assert [(e.old, e.new, e.who) for e in s.of(TradingStateChanged)] == [
+            ("ACTIVE", "HALTED", "reconcile")]
+        assert [a.name for a in s.of(AlertRaised)] == ["reconcile.drift"]
+        assert s.portfolio.qty("AAPL") == 25  # broker is the source of truth, after logging
+        assert s.journal.last("ReconcileResult").payload["counts"]["unexplained"] == 1
+        await s.stop()
+
+    async def test_drift_when_adopted_then_restart_keeps_broker_books(self, tmp_path: Path):
+        broker = FakeBroker()
+        s1 = await _started(tmp_path, broker)
+        broker.set_position("MSFT", 7, Decimal("300"))
+        await s1.reconciler.reconcile("tick")
+        await s1.crash()
+        s2 = await _started(tmp_path, broker)
+        assert s2.portfolio.qty("MSFT") == 7
+        assert s2.reconciler.last_report is not None and s2.reconciler.last_report.ok
+        await s2.stop()
+
+    async def test_cash_changed_behind_our_back_then_reducing(self, tmp_path: Path):
+        s = await _started(tmp_path)
+        s.broker.cash -= Decimal("250")  # a fee the books never saw
+        with capture_logs() as logs:
+            await s.reconciler.reconcile("tick")
+        assert [e["what"] for e in logs if e["event"] == "reconcile.drift"] == ["cash"]
+        assert s.state == "REDUCING"
+        assert s.portfolio.cash == Decimal(100_000) - 250
+        await s.stop()
+
+    async def test_unknown_open_order_at_broker_then_unexplained_and_reducing(
+            self, tmp_path: Path):
+        s = await _started(tmp_path)
+        s.broker.accept(intent("manual-1"), report=False)
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("unexplained")] == ["unknown_order"]
+        assert s.state == "REDUCING"
+        await s.stop()
+
+
+class TestReconcileReadiness:
+    async def test_broker_recovering_when_published_then_not_ready_until_reconciled(
+            self, tmp_path: Path):
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.fill("c1", 10, Decimal("100"), report=False)
+        # Act: the adapter reconnected its stream
+        s.bus.publish(BrokerStatusChanged("fake", "recovering", s.clock.now(), "stream gap"))
+        assert not s.reconciler.ready
+        await asyncio.sleep(0.05)
+        # Assert
+        assert s.reconciler.ready
+        assert s.portfolio.qty("AAPL") == 10
+        own = [e for e in s.of(BrokerStatusChanged) if e.detail.startswith("reconcile")]
+        assert [e.status for e in own][-2:] == ["recovering", "ready"]
+        await s.stop()
+
+    async def test_tick_when_published_then_reconciles_in_background(self, tmp_path: Path):
+        s = await _started(tmp_path)
+        runs = s.reconciler.runs
+        s.bus.publish(ReconcileTick(s.clock.now()))
+        await asyncio.sleep(0.05)
+        assert s.reconciler.runs == runs + 1
+        await s.stop()
+
+    async def test_broker_down_at_start_when_recovering_then_not_ready(self, tmp_path: Path):
+        from daemon.errors import BrokerUnavailable
+
+        class DownBroker(FakeBroker):
+            async def open_orders(self):  # type: ignore[no-untyped-def]
+                raise BrokerUnavailable("down")
+
+        s = Session(tmp_path, DownBroker())
+        try:
+            await s.start()
+            raise AssertionError("expected BrokerUnavailable")
+        except BrokerUnavailable:
+            pass
+        assert not s.reconciler.ready
+        await s.stop()
