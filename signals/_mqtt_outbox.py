@@ -10,13 +10,17 @@ kind            events                                                       QoS
                 order event except fills (accepted, new, canceled, ...)
 ``fills``       ``OrderFilled``                                              1      keep
 ``state``       ``TradingStateChanged``                                      1      keep
-``rejects``     ``OrderDenied`` from the gate (reason, limit, observed)      1      keep
 ``alerts``      ``AlertRaised``                                              1      keep
 ``broker``      ``BrokerStatusChanged``                                      1      keep
 ``control``     the outcome of each control message                          1      keep
+``rejects``     ``OrderDenied`` from the gate (reason, limit, observed)      0      lossy
 ``positions``   ``PositionChanged``                                          0      lossy
 ``heartbeat``   the bridge's heartbeat (and bus ``Heartbeat`` events)        0      lossy
 ==============  ===========================================================  =====  =====
+
+Gate denials are lossy on purpose: a flood of refused signals (thousands a second) must
+never push an order or a fill out of the buffer, and each denial is also logged
+(``gate.reject``) and journaled, so the MQTT copy is a live view, not the record.
 
 Besides: ``<prefix>/rejects`` (ingress rejects, lossy, QoS 0) and the retained
 ``<prefix>/status`` (keep, QoS 1).
@@ -56,7 +60,7 @@ from daemon.events import (
 
 log = structlog.get_logger("signals.mqtt")
 
-LOSSY_KINDS = frozenset({"positions", "heartbeat", "ingress_rejects"})
+LOSSY_KINDS = frozenset({"rejects", "positions", "heartbeat", "ingress_rejects"})
 # The event types the bridge subscribes to (subclasses included, e.g. every OrderEvent).
 PUBLISHED_EVENTS: tuple[type[Event], ...] = (
     OrderEvent, OrderApproved, OrderDenied, TradingStateChanged, PositionChanged, Heartbeat,

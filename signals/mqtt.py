@@ -53,6 +53,7 @@ from daemon.events import Event, SignalBatch, SignalRejected, TradingStateChange
 from daemon.inbox import Inbox
 from daemon.model import Signal
 from signals._mqtt_outbox import (
+    LOSSY_KINDS,
     PUBLISHED_EVENTS,
     Outbox,
     Outgoing,
@@ -411,7 +412,7 @@ class MqttBridge:
             self._state = event.new
             self.outbox.put(Outgoing("status", self.topics["status"], retain=True,
                                      body=self._status(online=True)))
-        qos = 0 if kind in ("positions", "heartbeat") else 1
+        qos = 0 if kind in LOSSY_KINDS else 1
         self.outbox.put(Outgoing(kind, self._events_topic(kind), body=event, qos=qos))
 
     async def _publish(self, client: aiomqtt.Client) -> None:
