@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -214,6 +215,8 @@ async def bench(n_blast: int, n_paced: int, rate: float, relaxed: bool) -> dict[
         async with bridge:
             await bridge.wait_connected()
             await run_phase(broker.port, rec, "warm", 2000, None, bridge)
+            gc.collect()  # as the daemon does once started: long-lived objects out of
+            gc.freeze()  # the cyclic collector's way
             blast = await run_phase(broker.port, rec, "blast", n_blast, None, bridge)
             paced = await run_phase(broker.port, rec, "paced", n_paced, rate, bridge)
         pump_task.cancel()

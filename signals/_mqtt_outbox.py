@@ -32,14 +32,20 @@ lossy one is dropped. A keep message arriving when only keep messages are queued
 the oldest of them (the buffer must stay bounded and the bus must never wait): counted
 and logged ``mqtt.outbox_overflow``. Every drop is counted per kind in ``dropped``.
 Within the buffer, messages leave in the order they arrived.
+
+Lossy kinds are also rate limited, ``lossy_per_sec`` per kind (token bucket, default
+500/s): a storm of refused signals costs the daemon a counter increment per message
+(``throttled``), not an MQTT publish, and does not flood the broker. The counts ride on
+every heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -131,8 +137,13 @@ class Outbox:
     Single consumer (the publish task); producers are bus handlers and the bridge.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, lossy_per_sec: float = 500.0,
+                 now: Callable[[], float] = time.monotonic) -> None:
         self.maxsize = maxsize
+        self._rate = lossy_per_sec
+        self._now = now  # rate limiting only (wall time), never a domain timestamp
+        self._buckets: dict[str, tuple[float, float]] = {}  # kind -> (tokens, at)
+        self.throttled: Counter[str] = Counter()
         self._keep: deque[Outgoing] = deque()
         self._lossy: deque[Outgoing] = deque()
         self._seq = 0
@@ -146,6 +157,9 @@ class Outbox:
 
     def put(self, msg: Outgoing) -> None:
         """Queue ``msg``; never waits (drops by the overflow policy when full)."""
+        if msg.lossy and not self._take_token(msg.kind):
+            self.throttled[msg.kind] += 1
+            return
         if len(self) >= self.maxsize and not self._make_room(msg):
             return
         self._seq += 1
@@ -154,6 +168,17 @@ class Outbox:
         self._ready.set()
         if not msg.lossy:
             self._no_keep.clear()
+
+    def _take_token(self, kind: str) -> bool:
+        """Token bucket per lossy kind: ``lossy_per_sec`` a second, bursts of as many."""
+        now = self._now()
+        tokens, at = self._buckets.get(kind, (self._rate, now))
+        tokens = min(self._rate, tokens + (now - at) * self._rate)
+        if tokens < 1:
+            self._buckets[kind] = (tokens, now)
+            return False
+        self._buckets[kind] = (tokens - 1, now)
+        return True
 
     def _make_room(self, msg: Outgoing) -> bool:
         if self._lossy:

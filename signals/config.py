@@ -78,7 +78,7 @@ class MqttConfig(ComponentConfig):
 
     Defaults: prefix ``tradingd``, client_id ``<prefix>-daemon`` (with ``/`` as ``-``),
     keepalive 30 s, max_payload_bytes 64 KiB, inbound_queue 4096 messages, outbound_queue
-    2048 messages, dedup_window 100,000 signal ids, heartbeat_secs 5,
+    2048 messages, lossy_events_per_sec 500, dedup_window 100,000 signal ids, heartbeat_secs 5,
     control_max_skew_secs 30, reconnect backoff 0.5 s doubling to 30 s (with jitter).
     """
 
@@ -99,6 +99,8 @@ class MqttConfig(ComponentConfig):
     max_batch_symbols: int = Field(default=1000, ge=1)
     inbound_queue: int = Field(default=4096, ge=1, description="received, not yet validated")
     outbound_queue: int = Field(default=2048, ge=1, description="events not yet published")
+    lossy_events_per_sec: float = Field(default=500.0, gt=0, description=(
+        "per kind, for rejects, positions, heartbeats (orders and fills are never limited)"))
     dedup_window: int = Field(default=100_000, ge=1, description="signal ids remembered")
     heartbeat_secs: float = Field(default=5.0, gt=0)
     reconnect_min_secs: float = Field(default=0.5, gt=0)

@@ -68,7 +68,7 @@ from signals.mqtt_control import ControlCommand, ControlRefused, ControlVerifier
 
 log = structlog.get_logger("signals.mqtt")
 
-PUBLISH_WINDOW = 64  # QoS 1 publishes awaiting their PUBACK at once
+PUBLISH_WINDOW = 64  # publishes awaiting their PUBACK (or write) at once
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # aiomqtt logs through stdlib logging; its per-message "queue is full" warnings would
 # flood the log during a storm, and the bridge counts and logs those drops itself.
@@ -128,7 +128,7 @@ class MqttBridge:
                                          commands=cfg.control_commands,
                                          max_skew_secs=cfg.control_max_skew_secs,
                                          wall_clock=wall_clock or WallClock())
-        self.outbox = Outbox(cfg.outbound_queue)
+        self.outbox = Outbox(cfg.outbound_queue, lossy_per_sec=cfg.lossy_events_per_sec)
         self.stats = BridgeStats()
         self.connected = asyncio.Event()
         self.failure: BaseException | None = None
@@ -416,9 +416,9 @@ class MqttBridge:
         self.outbox.put(Outgoing(kind, self._events_topic(kind), body=event, qos=qos))
 
     async def _publish(self, client: aiomqtt.Client) -> None:
-        """Send the outbox in order. QoS 1 publishes are pipelined (up to
-        ``PUBLISH_WINDOW`` awaiting their PUBACK), so one slow acknowledgement does not
-        hold up the rest; they reach the socket in outbox order all the same."""
+        """Send the outbox in order. Publishes are pipelined (up to ``PUBLISH_WINDOW``
+        awaiting their PUBACK or their write), so one slow acknowledgement does not hold
+        up the rest; they reach the socket in outbox order all the same."""
         me = asyncio.current_task()
         window = asyncio.Semaphore(PUBLISH_WINDOW)
         async with asyncio.TaskGroup() as inflight:
@@ -429,14 +429,13 @@ class MqttBridge:
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
                 out = await self.outbox.get()
-                if out.qos == 0:  # written to the socket, nothing to wait for
-                    await self._send(client, out)
-                    continue
+                # QoS 0 too: aiomqtt waits until paho has written it, which can take a
+                # loop iteration when the socket is busy.
                 await window.acquire()
                 inflight.create_task(self._send(client, out, window), name="mqtt.publish_one")
 
     async def _send(self, client: aiomqtt.Client, out: Outgoing,
-                    window: asyncio.Semaphore | None = None) -> None:
+                    window: asyncio.Semaphore) -> None:
         try:
             await client.publish(out.topic, self._encode(out), qos=out.qos, retain=out.retain)
         except (aiomqtt.MqttError, asyncio.CancelledError):
@@ -445,8 +444,7 @@ class MqttBridge:
             self.outbox.requeue(out)
             raise
         finally:
-            if window is not None:
-                window.release()
+            window.release()
         self.stats.published += 1
 
     def _encode(self, out: Outgoing) -> bytes:
@@ -472,6 +470,7 @@ class MqttBridge:
                 body={"type": "Heartbeat", "ts": self._clock.now().isoformat(),
                       "state": self._state, "connected": self.connected.is_set(),
                       "outbox": len(self.outbox), "dropped": dict(self.outbox.dropped),
+                      "throttled": dict(self.outbox.throttled),
                       **self.stats.as_dict()}))
 
 

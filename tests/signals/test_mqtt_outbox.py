@@ -82,8 +82,21 @@ class TestOutbox:
             box.requeue(m)
         assert drain(box) == [("orders", 0), ("orders", 1), ("orders", 2), ("orders", 3)]
 
+    def test_lossy_when_faster_than_rate_then_throttled_keep_never(self) -> None:
+        now = [0.0]
+        box = Outbox(10_000, lossy_per_sec=100, now=lambda: now[0])
+        for i in range(300):
+            box.put(lossy(i))
+            box.put(keep(i))
+        assert box.throttled == {"positions": 200}
+        now[0] = 0.5  # half a second refills half the bucket
+        for i in range(100):
+            box.put(lossy(i))
+        assert box.throttled == {"positions": 250}
+        assert len(box) == 300 + 100 + 50
+
     def test_never_blocks_when_flooded_then_bounded(self) -> None:
-        box = Outbox(100)
+        box = Outbox(100, lossy_per_sec=1e9)
         for i in range(100_000):
             box.put(keep(i) if i % 3 else lossy(i))
         assert len(box) == 100
