@@ -226,10 +226,6 @@ class Daemon:
                           trading_state=str(self.risk_state.state),
                           on_failure=self._on_component_failure)
 
-    def _on_component_failure(self, exc: BaseException) -> None:
-        self._fatal = exc
-        self.request_stop(f"component failed: {exc!r}")
-
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
         self.stats.bar_rows += len(batch.symbols)
