@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import json
 import types
 import typing
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
+
+import orjson
 
 from daemon import events as _events
 
@@ -60,12 +61,17 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-_encoder = json.JSONEncoder(separators=(",", ":"), default=_default)
+_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON of ``value``; the same document as ``json.dumps(encode(value))``."""
-    return _encoder.encode(value)
+    """Compact JSON of ``value``; the same document as ``json.dumps(encode(value))``,
+    except that non-finite floats are ``null`` (JSON has no NaN; denials keep the text).
+
+    orjson writes dataclasses, datetimes and enums natively (about 5x the stdlib encoder
+    with a Python ``default``): the journal writes a row for every signal and decision.
+    """
+    return orjson.dumps(value, default=_default, option=_OPTIONS).decode()
 
 
 def decode(cls: type[T], data: Any) -> T:

@@ -142,7 +142,9 @@ class OrderManager:
             log.warning("order.duplicate_id", client_order_id=intent.client_order_id)
             self.stats["duplicate_id"] += 1
             return
-        order = Order.from_intent(intent)
+        # Created now by the daemon's clock, not at the signal's (market data) time: broker
+        # queries for this order's fills are anchored on it.
+        order = Order.from_intent(intent, created_ts=self._clock.now())
         self._track(order)
         self._count(intent)
         if len(self._outbox) >= self._outbox_size:

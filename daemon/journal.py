@@ -227,7 +227,8 @@ class Journal:
         before the broker sees it. A failure here raises, so the order is never sent."""
         self._require()  # an intent that cannot be journaled must not reach the broker
         self._symbols[intent.client_order_id] = intent.symbol
-        self.append("OrderIntent", intent, ts=intent.ts,
+        # Stamped with the clock at submission (``Order.created_ts``), not the signal's time.
+        self.append("OrderIntent", intent, ts=self._clock.now(),
                     client_order_id=intent.client_order_id, symbol=intent.symbol,
                     durable=not self._group_commit)
         if self._group_commit:

@@ -152,7 +152,10 @@ class Order:
     log: list[OrderLogEntry] = field(default_factory=list)
 
     @classmethod
-    def from_intent(cls, intent: OrderIntent) -> Order:
+    def from_intent(cls, intent: OrderIntent, created_ts: datetime | None = None) -> Order:
+        """A new order for ``intent``. ``created_ts`` is the daemon's clock when it was
+        submitted (it anchors broker queries); it defaults to the intent's own time."""
+        created = created_ts or intent.ts
         order = cls(
             client_order_id=intent.client_order_id,
             symbol=intent.symbol,
@@ -160,13 +163,13 @@ class Order:
             qty=intent.qty,
             order_type=intent.order_type,
             time_in_force=intent.time_in_force,
-            created_ts=intent.ts,
+            created_ts=created,
             limit_price=intent.limit_price,
             stop_price=intent.stop_price,
             reference_price=intent.reference_price,
             signal_id=intent.signal.id if intent.signal else None,
         )
-        order.log.append(OrderLogEntry(intent.ts, OrderStatus.PENDING_NEW, "created"))
+        order.log.append(OrderLogEntry(created, OrderStatus.PENDING_NEW, "created"))
         return order
 
     @property

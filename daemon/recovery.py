@@ -75,7 +75,8 @@ def load_state(journal: Journal) -> JournalState:
     for row in journal.rows(types=("OrderIntent", *ORDER_EVENT_TYPES)):
         if row.type == "OrderIntent":
             intent = decode(OrderIntent, row.payload)
-            state.orders.setdefault(intent.client_order_id, Order.from_intent(intent))
+            state.orders.setdefault(intent.client_order_id,
+                                    Order.from_intent(intent, created_ts=row.ts))
             continue
         order = state.orders.get(row.client_order_id or "")
         if order is None:
