@@ -227,7 +227,7 @@ class TestControl:
                 await eventually(lambda: bridge.stats.received == 1)
                 assert daemon.risk_state.state == "ACTIVE"
                 assert bridge.stats.control_accepted == 0
-                await eventually(lambda: daemon.stats.orders == 1)
+                await eventually(lambda: daemon.portfolio.qty("AAPL") == 5)  # bought, filled
                 # Act 3: the operator's correctly signed halt
                 signed = sign_control(SECRET, target="tradingd", cmd="halt", ts=now(),
                                       args={"why": "test"})
