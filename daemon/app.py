@@ -466,10 +466,10 @@ class Daemon:
             # In-flight work finishes within the bound: orders reach the broker, and
             # market orders and unacknowledged ones get their outcome.
             async with asyncio.timeout(grace):
-                await self.orders.settled()
+                await self.orders.settled(market=not self.replaying)
         except TimeoutError:
             log.warning("daemon.shutdown_timeout", grace_secs=grace,
-                        in_flight=self.orders.in_flight())
+                        in_flight=self.orders.in_flight(market=not self.replaying))
         for t in [*tasks, *self._side_tasks]:
             t.cancel()
         await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)

@@ -115,16 +115,21 @@ class OrderManager:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def in_flight(self) -> int:
-        """Orders whose outcome is imminent: not yet acknowledged, or market orders still
-        open (their fills are on the way). Resting limit/stop orders are not counted."""
+    def in_flight(self, *, market: bool = True) -> int:
+        """Orders whose outcome is imminent: not yet acknowledged, and (with ``market``)
+        market orders still open, whose fills are on the way. Resting limit and stop
+        orders are not counted."""
         return sum(1 for o in self.open_orders()
-                   if o.status is OrderStatus.PENDING_NEW or o.order_type is OrderType.MARKET)
+                   if o.status is OrderStatus.PENDING_NEW
+                   or (market and o.order_type is OrderType.MARKET))
 
-    async def settled(self) -> None:
-        """Wait until every order has reached the broker and no outcome is imminent."""
+    async def settled(self, *, market: bool = True) -> None:
+        """Wait until every order has reached the broker and no outcome is imminent.
+
+        ``market=False`` when no market data will come any more (a finished replay): a
+        simulated market order then only fills on a bar that will never arrive."""
         await self.drained()
-        while self.in_flight():
+        while self.in_flight(market=market):
             self._reported.clear()
             await self._reported.wait()
 
