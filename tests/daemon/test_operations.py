@@ -106,3 +106,30 @@ class TestCli:
         code = main(["halt", "--state-dir", str(tmp_path / "nothing")])
         assert code == EXIT_NO_DAEMON
         assert "no daemon is running" in capsys.readouterr().err
+
+
+class TestShutdown:
+    async def test_stop_when_market_orders_just_sent_in_replay_then_no_wait_for_grace(
+        self, tmp_path: Path
+    ) -> None:
+        # Arrange: stop right after a batch whose orders reached the paper broker; in a
+        # replay no later bar will fill them, so waiting for them would only burn grace.
+        daemon = _daemon(tmp_path)
+        stopped_with_open: list[int] = []
+
+        async def stop_after_orders(batch: BarBatch) -> None:
+            if daemon.stats.orders and not stopped_with_open:
+                open_now = len(await daemon.broker.open_orders())
+                if open_now:
+                    stopped_with_open.append(open_now)
+                    daemon.request_stop("test")
+
+        daemon.after_batch.append(stop_after_orders)
+        # Act
+        started = time.monotonic()
+        with capture_logs() as logs:
+            assert await daemon.run() == 0
+        # Assert
+        assert stopped_with_open, "some orders must still be working at the stop"
+        assert time.monotonic() - started < daemon.settings.daemon.shutdown_grace_secs
+        assert not [e for e in logs if e["event"] == "daemon.shutdown_timeout"]
