@@ -223,6 +223,11 @@ class Gate:
             d = self._check_market(ctx)
         if d is None and not intent.reduce_only:
             d = self._check_rate(ctx) or self._check_loss(ctx) or self._check_size(ctx)
+        if intent.signal is not None:
+            # Seen is seen, whatever the outcome and whichever check refused it (a halt,
+            # the kill switch, reconciling, reduce-only included): a refused signal is not
+            # retried by resending.
+            self._remember(intent.signal)
         return d if d is not None else ctx.qty
 
     # -- check groups ------------------------------------------------------------------
@@ -238,8 +243,6 @@ class Gate:
         d = ck.check_signal_valid(ctx, self.universe) or ck.check_stale(ctx, self._lim)
         if d is None and not self._approved:
             d = ck.check_duplicate_signal(ctx, self._seen)
-        # Seen is seen, whatever the outcome: a refused signal is not retried by resending.
-        self._remember(ctx.intent.signal)
         return d
 
     def _check_market(self, ctx: ck.Ctx) -> Denial | None:

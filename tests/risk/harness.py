@@ -1,10 +1,12 @@
-"""Test kit for the risk components: a recording fake broker with its own books, a
-recording order sink, and a harness wiring the real gate, state, portfolio and order
-manager on a real bus with a replay clock."""
+"""Test kit for the risk components: a recording fake broker with its own books, the real
+paper broker with a receipt log, a recording order sink, and a harness wiring the real
+gate, state, portfolio and order manager on a real bus with a replay clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -12,8 +14,12 @@ from typing import Any, Self
 
 import numpy as np
 
+from brokers.base import BrokerOrder
+from brokers.config import PaperConfig
+from brokers.paper import PaperBroker
 from daemon.bus import Bus
-from daemon.clock import ReplayClock
+from daemon.clock import Clock, ReplayClock
+from daemon.errors import BrokerRejected
 from daemon.events import (
     BarBatch,
     Event,
@@ -111,6 +117,39 @@ class FakeBroker:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One order as the paper broker received it, with the broker's own books (queried
+    through its public API) just before it took the order in."""
+
+    intent: OrderIntent
+    now: datetime
+    account: AccountSnapshot
+    open_orders: list[BrokerOrder]
+    rejected: str | None = None
+
+
+class AuditedPaperBroker(PaperBroker):
+    """The real paper broker, unchanged, that also keeps a receipt of every order it is
+    handed (before its own validation), so a test can check each one against the books
+    the broker held at that moment."""
+
+    def __init__(self, *, cfg: PaperConfig, clock: Clock, sink: Any) -> None:
+        super().__init__(cfg=cfg, clock=clock, sink=sink)
+        self._audit_clock = clock
+        self.receipts: list[Receipt] = []
+
+    async def submit(self, intent: OrderIntent) -> None:
+        receipt = Receipt(intent, self._audit_clock.now(), await self.account(),
+                          await self.open_orders())
+        try:
+            await super().submit(intent)
+        except BrokerRejected as exc:
+            self.receipts.append(dataclasses.replace(receipt, rejected=str(exc)))
+            raise
+        self.receipts.append(receipt)
+
+
 class RecordingSink:
     """The ``SubmitOrder`` handler in tests: records, then hands to the order manager."""
 
@@ -124,12 +163,18 @@ class RecordingSink:
 
 
 class Harness:
-    """Real gate, state, portfolio and order manager on a real bus; fake broker."""
+    """Real gate, state, portfolio and order manager on a real bus, with the recording
+    fake broker, or with ``paper``, the real paper broker (``AuditedPaperBroker``) wired
+    as the daemon wires it: bar batches reach the broker first (it fills on them), and
+    its reports go to the order manager, then as ``OrderFilled`` to the portfolio. The
+    paper harness needs a running loop and ``async with h.orders`` to submit."""
+
+    broker: Any
 
     def __init__(self, cfg: RiskConfig | None = None, *, now: datetime = SESSION,
                  cash: float = 100_000, market: Market | None = None,
                  mode: ExecutionMode = ExecutionMode.FULL_AUTO,
-                 reconciled: bool = True) -> None:
+                 reconciled: bool = True, paper: PaperConfig | None = None) -> None:
         self.cfg = cfg or RiskConfig()
         self.clock = ReplayClock(now)
         self.events: list[Event] = []
@@ -137,8 +182,14 @@ class Harness:
         self.bus.subscribe(Event, self.events.append)
         pub = self.bus.publish
         self.portfolio = Portfolio(Decimal(cash), publish=pub)
-        self.broker = FakeBroker(Decimal(cash))
-        self.orders = OrderManager(self.broker, clock=self.clock, publish=pub)  # type: ignore[arg-type]
+        if paper is None:
+            self.broker = FakeBroker(Decimal(cash))
+        else:
+            paper = paper.model_copy(update={"initial_cash": Decimal(cash)})
+            self.broker = AuditedPaperBroker(cfg=paper, clock=self.clock,
+                                             sink=self._on_broker_event)
+            self.bus.subscribe(BarBatch, self.broker.on_bars)  # first, as in the daemon
+        self.orders = OrderManager(self.broker, clock=self.clock, publish=pub)
         self.state = TradingStatus(clock=self.clock, publish=pub, reconciled=reconciled)
         self.modes = ExecutionModes(mode, clock=self.clock, send=self.bus.send,
                                     approval_notional=self.cfg.approval_notional)
@@ -153,14 +204,20 @@ class Harness:
         self.bars(PRICES)
         self._n = itertools.count(1)
 
+    def _on_broker_event(self, event: Event) -> None:
+        """As ``Daemon._on_broker_event``: broker reports go to the order manager."""
+        self.orders.on_report(event)
+
     # -- arrange -----------------------------------------------------------------------
 
-    def bars(self, closes: dict[str, float], opens: dict[str, float] | None = None) -> None:
+    def bars(self, closes: dict[str, float], opens: dict[str, float] | None = None,
+             volume: float = 1e6) -> None:
         syms = tuple(closes)
         c = np.array([closes[s] for s in syms])
         o = np.array([(opens or {}).get(s, closes[s]) for s in syms])
         self.bus.publish(BarBatch(ts=self.clock.now(), symbols=syms, open=o, high=np.maximum(o, c),
-                                  low=np.minimum(o, c), close=c, volume=np.full(len(syms), 1e6)))
+                                  low=np.minimum(o, c), close=c,
+                                  volume=np.full(len(syms), volume)))
 
     def hold(self, symbol: str, qty: int, price: float | None = None) -> None:
         """Book a position as if filled (portfolio and the broker's books)."""

@@ -318,3 +318,25 @@ class TestGateReductions:
             h.place(h.intent(sym, 5 if sym != "MSFT" else 3))
         notional = sum(i.notional for i in h.sink.submitted)
         assert notional <= Decimal(2000)
+
+
+class TestGateSignalMemory:
+    @pytest.mark.parametrize("refuse", ["halted", "kill_switch", "reconciling", "reducing",
+                                        "invalid"])
+    def test_resend_when_signal_refused_before_signal_checks_then_duplicate_signal(
+            self, refuse: str) -> None:
+        # Seen is seen, whichever check refused it: resending must not get it through.
+        h = Harness(reconciled=refuse != "reconciling")
+        if refuse in ("halted", "kill_switch", "reducing"):
+            state = TradingState.REDUCING if refuse == "reducing" else H
+            who = "kill_switch:file" if refuse == "kill_switch" else "operator"
+            h.state.request(state, who=who, why="test")
+        h.place(h.intent(qty=0 if refuse == "invalid" else 5, signal_id="again"))
+        assert h.sink.submitted == []
+        h.state.request(TradingState.ACTIVE, who="operator", why="test")
+        h.bus.publish(BrokerStatusChanged(broker="fake", status="ready", ts=SESSION))
+        with capture_logs() as logs:
+            h.place(h.intent(signal_id="again"))
+        (e,) = [e for e in logs if e["event"] == "gate.reject"]
+        assert e["reason"] == "DUPLICATE_SIGNAL"
+        assert h.sink.submitted == []
