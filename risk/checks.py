@@ -49,6 +49,7 @@ class Limits:
     per_symbol_day: int
     per_day: int
     per_execution: int
+    bp_cushion: Decimal = Decimal(0)
 
     @classmethod
     def from_config(cls, cfg: RiskConfig) -> Limits:
@@ -62,6 +63,7 @@ class Limits:
             max_drawdown=_dec(cfg.max_drawdown), session_drawdown=_dec(cfg.session_drawdown),
             per_symbol_day=cfg.max_orders_per_symbol_day, per_day=cfg.max_orders_per_day,
             per_execution=cfg.max_orders_per_execution,
+            bp_cushion=_dec(cfg.buying_power_cushion_pct),
         )
 
 
@@ -362,7 +364,14 @@ def cap_sector(ctx: Ctx, lim: Limits) -> Cap | None:
     return _cap_exposure(ctx, R.SECTOR_EXPOSURE, total, lim.max_sector_pct)
 
 
-def cap_buying_power(ctx: Ctx) -> Cap | None:
+def buy_unit_cost(limit_price: Decimal | None, reference: Decimal, cushion: Decimal) -> Decimal:
+    """What one share of a buy may cost: the higher of its limit and reference price, plus
+    the cushion for the move to the fill."""
+    price = max(limit_price, reference) if limit_price is not None else reference
+    return price * (1 + cushion)
+
+
+def cap_buying_power(ctx: Ctx, lim: Limits) -> Cap | None:
     """Buys need cash net of working buys; a short sale needs it for the short part."""
     bp = ctx.book.buying_power
     if ctx.sign > 0:
@@ -370,10 +379,11 @@ def cap_buying_power(ctx: Ctx) -> Cap | None:
     else:
         free = max(0, ctx.sym.held - ctx.sym.selling)
         cost_qty = max(0, ctx.qty - free)
-    if cost_qty == 0 or cost_qty * ctx.price <= bp:
+    unit = buy_unit_cost(ctx.intent.limit_price, ctx.price, lim.bp_cushion)
+    if cost_qty == 0 or cost_qty * unit <= bp:
         return None
-    fit = int(bp // ctx.price) if bp > 0 else 0
-    return Cap(R.INSUFFICIENT_BUYING_POWER, _money(bp), _money(cost_qty * ctx.price), free + fit)
+    fit = int(bp // unit) if bp > 0 else 0
+    return Cap(R.INSUFFICIENT_BUYING_POWER, _money(bp), _money(cost_qty * unit), free + fit)
 
 
 _CENT = Decimal("0.01")

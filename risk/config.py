@@ -43,6 +43,10 @@ class RiskConfig(ComponentConfig):
     max_orders_per_execution: int = Field(10, ge=1)
     max_orders_per_second: float = Field(20, gt=0)
     extended_hours: bool = Field(False, description="allow pre/post-market orders")
+    buying_power_cushion_pct: float = Field(
+        0.01, ge=0, le=0.5,
+        description="buys are costed at their price plus this, for the move to the fill "
+                    "(a broker reserves for slippage; the gate must not approve what it refuses)")
     symbols: list[str] = Field(
         default_factory=list,
         description="tradable universe; empty: every symbol seen in bars (INVALID_SIGNAL else)",

@@ -283,7 +283,7 @@ class Gate:
              or self._apply_cap(ctx, ck.cap_position(ctx, lim))
              or self._apply_cap(ctx, ck.cap_gross(ctx, lim))
              or self._apply_cap(ctx, ck.cap_sector(ctx, lim))
-             or self._apply_cap(ctx, ck.cap_buying_power(ctx)))
+             or self._apply_cap(ctx, ck.cap_buying_power(ctx, self._lim)))
         if d is None and ctx.qty != qty:
             d = ck.check_min_notional(ctx, lim)
         return d
@@ -342,7 +342,8 @@ class Gate:
         before = sb.exposure * sb.mark
         if intent.side.sign > 0:
             sb.buying += _leaves(intent)
-            book.buying_power -= _leaves(intent) * price
+            book.buying_power -= _leaves(intent) * ck.buy_unit_cost(
+                intent.limit_price, intent.reference_price or price, self._lim.bp_cushion)
         else:
             sb.selling += _leaves(intent)
         # Value this symbol at the newest order price: pessimistic for a rising price.

@@ -195,7 +195,7 @@ CASES = [
          seq(lambda h: h.hold("AAPL", 5), last=lambda h: h.intent(side=SELL)), False, qty=5),
     Case("no_cash", R.INSUFFICIENT_BUYING_POWER,
          seq(lambda h: h.hold("AAPL", 666), last=lambda h: h.intent("MSFT", 5)), True,
-         "100.00", "1500.00", cfg={"max_position_pct": 1.0, "max_gross_exposure": 10}),
+         "100.00", "1515.00", cfg={"max_position_pct": 1.0, "max_gross_exposure": 10}),
     Case("some_cash", R.INSUFFICIENT_BUYING_POWER,
          seq(lambda h: h.hold("AAPL", 660), last=lambda h: h.intent("MSFT", 5)), False, qty=3,
          cfg={"max_position_pct": 1.0, "max_gross_exposure": 10}),
