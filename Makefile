@@ -41,7 +41,7 @@ run: $(STAMP) $(DEMO)/day.csv $(DEMO)/model/model.ubj
 		$(BIN)/tradingd run --replay $(DEMO)/day.csv --speed max --state-dir $(RUN_STATE)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:randomly --durations=15
+	$(BIN)/python -m pytest -p no:randomly --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
