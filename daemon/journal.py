@@ -93,6 +93,14 @@ _INSERT = ("INSERT INTO journal(ts, type, client_order_id, symbol, payload) "
            "VALUES (?, ?, ?, ?, ?)")
 
 _Row = tuple[str, str, str | None, str | None, str]
+# Buffered: (time, type, client order id, symbol, frozen event or its encoded JSON).
+_Pending = tuple[datetime, str, str | None, str | None, Any]
+
+
+def _is_frozen(payload: Any) -> bool:
+    """A frozen dataclass (every event and intent): safe to encode later."""
+    params = getattr(type(payload), "__dataclass_params__", None)
+    return params is not None and params.frozen
 
 # Rows that are committed (fsynced) at once rather than batched.
 _DURABLE_EVENTS = (TradingStateChanged,)
@@ -137,7 +145,8 @@ class Journal:
         self._batch_rows = batch_rows
         self._flush_interval = flush_interval
         self._db: sqlite3.Connection | None = None
-        self._buffer: list[_Row] = []
+        self._buffer: list[_Pending] = []
+        self._flush_soon = False
         self._symbols: dict[str, str] = {}  # client_order_id -> symbol, to label acks
         self._task: asyncio.Task[None] | None = None
         self._group_commit = group_commit
@@ -215,11 +224,28 @@ class Journal:
         if symbol is None and client_order_id is not None:
             symbol = self._symbols.get(client_order_id)
         when = ts or self._clock.now()
-        row = (when.isoformat(), type_, client_order_id, symbol, scrub(dumps(payload)))
-        self._buffer.append(row)
+        # Frozen events are encoded when the buffer is written, off the bar-to-order path;
+        # anything mutable is encoded now, as it is at this moment.
+        body: Any = payload if _is_frozen(payload) else scrub(dumps(payload))
+        self._buffer.append((when, type_, client_order_id, symbol, body))
         if durable:
             self.sync()
-        elif len(self._buffer) >= self._batch_rows:
+        elif len(self._buffer) >= self._batch_rows and not self._flush_soon:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Flush on the loop's next turn (never in the middle of a bus dispatch)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_soon = True
+        loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_soon = False
+        if self._db is not None:
             self.flush()
 
     def record_intent(self, intent: OrderIntent) -> None:
@@ -244,15 +270,18 @@ class Journal:
         if not self._buffer or self._db is None:
             return  # not open yet: rows wait in the buffer and are written on open
         db = self._db
-        rows, self._buffer = self._buffer, []
+        pending, self._buffer = self._buffer, []
         owed, self._owed = self._owed, 0
+        rows = [(when.isoformat(), type_, cid, sym,
+                 body if isinstance(body, str) else scrub(dumps(body)))
+                for when, type_, cid, sym, body in pending]
         db.execute("BEGIN")
         try:
             db.executemany(_INSERT, rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self._buffer = rows + self._buffer
+            self._buffer = pending + self._buffer
             self._owed += owed
             raise
         self.rows_written += len(rows)

@@ -46,13 +46,14 @@ class Portfolio:
         # caches are dropped whenever bars, fills or a restore change the books.
         self._px: dict[str, Decimal] = {}
         self._totals: tuple[Decimal, Decimal, Decimal] | None = None
+        self._views: tuple[PositionView, ...] | None = None
 
     # -- updates -----------------------------------------------------------------------
 
     def on_bars(self, batch: BarBatch) -> None:
         self.last_price.update(zip(batch.symbols, batch.close.tolist(), strict=True))
         self._px.clear()
-        self._totals = None
+        self._totals = self._views = None
 
     def on_fill(self, event: OrderFilled) -> None:
         pos = self.apply_fill(event.fill)
@@ -65,7 +66,7 @@ class Portfolio:
     def apply_fill(self, fill: Fill) -> Position:
         """Book one fill: cash moves by qty x price plus commission; average cost is
         the weighted cost of the open quantity; closing quantity realizes P&L."""
-        self._totals = None
+        self._totals = self._views = None
         pos = self.positions.get(fill.symbol)
         if pos is None:
             pos = self.positions[fill.symbol] = Position(fill.symbol)
@@ -90,7 +91,7 @@ class Portfolio:
 
     def restore(self, cash: Decimal, positions: Iterable[BrokerPosition]) -> None:
         """Replace the books with a known state (recovery, or adopting the broker's)."""
-        self._totals = None
+        self._totals = self._views = None
         self.cash = Decimal(cash)
         self.positions = {
             p.symbol: Position(p.symbol, p.qty, p.avg_price) for p in positions if p.qty
@@ -107,7 +108,7 @@ class Portfolio:
     ) -> None:
         """Replace the books with journaled ones (recovery) or the broker's positions kept
         with their realized P&L (reconciliation): unlike ``restore``, nothing is lost."""
-        self._totals = None
+        self._totals = self._views = None
         self._px.clear()
         self.cash = Decimal(cash)
         self.positions = {p.symbol: p for p in positions}
@@ -163,7 +164,10 @@ class Portfolio:
     def unrealized_pnl(self) -> Decimal:
         return sum((v.unrealized_pnl for v in self.views()), ZERO)
 
-    def views(self) -> list[PositionView]:
+    def views(self) -> tuple[PositionView, ...]:
+        """Open positions, marked (cached until bars, fills or a restore change them)."""
+        if self._views is not None:
+            return self._views
         out = []
         for sym, pos in sorted(self.positions.items()):
             if not pos.qty:
@@ -172,7 +176,8 @@ class Portfolio:
             mv = self.market_value(sym)
             out.append(PositionView(sym, pos.qty, pos.avg_price, px, mv,
                                     mv - pos.avg_price * pos.qty, pos.realized_pnl))
-        return out
+        self._views = tuple(out)
+        return self._views
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready summary (decimals as strings) for ``tradingd status``."""
