@@ -206,8 +206,11 @@ class Daemon:
         bus.subscribe(ReconcileTick, self._on_reconcile_tick)
         self.reconciler.attach(bus)
         self.stats.attach(bus)
+        # Reconciliation looks for drift at the broker, which happens in wall time: in a
+        # fast replay it runs at most once a wall second (start-up and recovery passes
+        # are not timers and always run).
         self.timers.every("reconcile", cfg.daemon.reconcile_interval_secs,
-                          lambda ts: ReconcileTick(ts=ts))
+                          lambda ts: ReconcileTick(ts=ts), min_wall_secs=1.0)
         self.timers.every("risk", cfg.daemon.risk_interval_secs, lambda ts: RiskTick(ts=ts))
         self.control.register("status", self._ctl_status)
         register_controls(self.control.register, state=self.risk_state,

@@ -52,7 +52,9 @@ class _Timer:
     name: str
     interval: timedelta
     make: Callable[[datetime], Event]
+    min_wall: float = 0.0
     due: datetime | None = None
+    last_wall: float = float("-inf")
 
 
 class Timers:
@@ -68,8 +70,12 @@ class Timers:
         self._publish = publish
         self._timers: list[_Timer] = []
 
-    def every(self, name: str, seconds: float, make: Callable[[datetime], Event]) -> None:
-        self._timers.append(_Timer(name, timedelta(seconds=seconds), make))
+    def every(self, name: str, seconds: float, make: Callable[[datetime], Event],
+              *, min_wall_secs: float = 0.0) -> None:
+        """Publish ``make(now)`` every ``seconds`` of clock time, and (``min_wall_secs``)
+        at most that often in wall time: live the two agree; a fast replay would
+        otherwise fire a wall-time chore such as reconciliation on every bar."""
+        self._timers.append(_Timer(name, timedelta(seconds=seconds), make, min_wall_secs))
 
     def check(self) -> int:
         now = self._clock.now()
@@ -78,7 +84,10 @@ class Timers:
             if t.due is None:
                 t.due = now + t.interval
             elif now >= t.due:
-                t.due = now + t.interval
+                wall = time.monotonic()
+                if wall - t.last_wall < t.min_wall:
+                    continue
+                t.due, t.last_wall = now + t.interval, wall
                 self._publish(t.make(now))
                 fired += 1
         return fired

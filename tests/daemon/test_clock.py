@@ -151,3 +151,23 @@ class TestTimers:
         assert all(b - a >= timedelta(seconds=interval) for a, b in itertools.pairwise(stamps))
         if stamps:
             assert stamps[0] - T0 >= timedelta(seconds=interval)
+
+
+class TestTimersWallFloor:
+    def test_check_when_clock_races_ahead_then_min_wall_interval_holds(self) -> None:
+        from datetime import UTC, datetime
+
+        from daemon.clock import ReplayClock, Timers
+        from daemon.events import ReconcileTick
+
+        clock = ReplayClock(datetime(2024, 3, 4, 14, 30, tzinfo=UTC))
+        fired: list[object] = []
+        timers = Timers(clock, fired.append)
+        timers.every("reconcile", 60, lambda ts: ReconcileTick(ts=ts), min_wall_secs=3600)
+        timers.every("risk", 60, lambda ts: ReconcileTick(ts=ts))
+        timers.check()
+        for _ in range(10):  # ten clock minutes within one wall instant
+            clock.advance(60)
+            timers.check()
+        # the wall-floored timer fired once; the plain one every clock minute
+        assert len(fired) == 1 + 10
