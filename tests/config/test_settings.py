@@ -190,7 +190,7 @@ class TestCheckConfigCli:
     ) -> None:
         # Arrange
         clean_env.setenv("APCA_API_SECRET_KEY", SECRET)
-        clean_env.setenv("APCA_API_KEY_ID", "AKIDSHOULDNOTPRINT")
+        clean_env.setenv("APCA_API_KEY_ID", "fake-key-id-should-not-print")
 
         # Act
         code = main(["check-config", "--json"])
@@ -200,7 +200,7 @@ class TestCheckConfigCli:
         assert code == 0
         resolved = json.loads(out)
         assert SECRET not in out + err
-        assert "AKIDSHOULDNOTPRINT" not in out + err
+        assert "fake-key-id-should-not-print" not in out + err
         assert resolved["broker"]["alpaca"]["secret_key"] == "**********"
         assert resolved["broker"]["alpaca"]["key_id"] == "**********"
         assert resolved["risk"]["max_position_pct"] == 0.05

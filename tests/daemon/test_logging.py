@@ -14,7 +14,7 @@ import structlog
 
 from daemon import logging as dlog
 
-SECRET = "PKSECRETVALUE123456"
+SECRET = "canary-secret-value-123456"
 
 
 @pytest.fixture
