@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from brokers._paper_store import PaperStore
 from daemon.journal import JOURNAL_FILE, Journal, JournalRow
+from tests.daemon.lives import kill_lives
 from tests.data import SAMPLE_CSV, require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,35 +55,6 @@ def _spawn(replay: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
             env={**os.environ, **ENV, "PYTHONPATH": str(REPO)})
 
 
-def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if text in log.read_text(errors="replace"):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _lives(replay: Path, state: Path, logs: Path, rng: random.Random) -> list[str]:
-    """Start and SIGKILL the daemon ``KILLS`` times; returns how each life ended."""
-    ends = []
-    for i in range(KILLS):
-        log = logs / f"life-{i:02d}.log"
-        proc = _spawn(replay, state, log)
-        if rng.random() < 0.2:
-            time.sleep(rng.uniform(0.2, 1.0))  # during start-up or recovery
-        else:
-            _wait_for(log, '"daemon.ready"', proc, 20)
-            time.sleep(rng.uniform(0.1, 1.2))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            ends.append("killed")
-        else:
-            ends.append(f"exited {proc.returncode}")
-        proc.wait(10)
-    return ends
-
-
 @pytest.mark.slow
 class TestCrash:
     def test_sigkill_at_random_points_then_exactly_once_and_books_match_broker(
@@ -94,7 +64,7 @@ class TestCrash:
         logs.mkdir()
         rng = random.Random(int(os.environ.get("CRASH_SEED", "20240301")))
         # Act: kill it again and again, then let one life finish the replay
-        ends = _lives(replay, state, logs, rng)
+        ends = kill_lives(lambda log: _spawn(replay, state, log), logs, rng, KILLS)
         final = _spawn(replay, state, logs / "final.log")
         assert final.wait(120) == 0, (logs / "final.log").read_text()[-2000:]
         # Assert

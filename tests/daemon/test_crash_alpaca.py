@@ -23,6 +23,7 @@ import pytest
 
 from daemon.journal import JOURNAL_FILE, Journal
 from signals import demodata
+from tests.daemon.lives import kill_lives, wait_for
 from tests.data import REPO
 
 KILLS = 20
@@ -59,15 +60,6 @@ def _spawn(base: str, state: Path, log: Path) -> subprocess.Popen[bytes]:
             env=_clean_env(APCA_API_BASE_URL=base, APCA_API_DATA_URL=base, **ENV))
 
 
-def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if text in log.read_text(errors="replace"):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.slow
 class TestCrashOnAlpaca:
     def test_sigkill_at_random_points_when_broker_alpaca_then_exactly_once_and_books_match(
@@ -90,24 +82,11 @@ class TestCrashOnAlpaca:
             assert port is not None
             base = f"http://127.0.0.1:{port.group(1)}"
             # Act: kill the daemon again and again while the emulator trades on
-            ends = []
-            for i in range(KILLS):
-                log = logs / f"life-{i:02d}.log"
-                proc = _spawn(base, state, log)
-                if rng.random() < 0.2:
-                    time.sleep(rng.uniform(0.3, 1.5))  # during start-up or recovery
-                else:
-                    _wait_for(log, '"daemon.ready"', proc, 30)
-                    time.sleep(rng.uniform(0.1, 1.5))
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL)
-                    ends.append("killed")
-                else:
-                    ends.append(f"exited {proc.returncode}")
-                proc.wait(10)
+            ends = kill_lives(lambda log: _spawn(base, state, log), logs, rng, KILLS,
+                              startup=(0.3, 1.5), running=(0.1, 1.5))
             # a last life trades until the emulator's day is over, then stops cleanly
             final = _spawn(base, state, logs / "final.log")
-            assert _wait_for(logs / "final.log", '"daemon.ready"', final, 30)
+            assert wait_for(logs / "final.log", '"daemon.ready"', final, 30)
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and emu.poll() is None:
                 line = emu.stdout.readline()

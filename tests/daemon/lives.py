@@ -1,0 +1,46 @@
+"""Running the daemon as a process again and again, killing it at random points."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+Spawn = Callable[[Path], "subprocess.Popen[bytes]"]
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until ``text`` appears in ``log`` (False if the process ends or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if text in log.read_text(errors="replace"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def kill_lives(spawn: Spawn, logs: Path, rng: random.Random, kills: int,
+               *, startup: tuple[float, float] = (0.2, 1.0),
+               running: tuple[float, float] = (0.1, 1.2)) -> list[str]:
+    """Start the daemon (``spawn(log_path)``) and SIGKILL it ``kills`` times: one life in
+    five during start-up or recovery, the others a random while after ``daemon.ready``.
+    Returns how each life ended."""
+    ends = []
+    for i in range(kills):
+        log = logs / f"life-{i:02d}.log"
+        proc = spawn(log)
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(*startup))
+        else:
+            wait_for(log, '"daemon.ready"', proc, 30)
+            time.sleep(rng.uniform(*running))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            ends.append("killed")
+        else:
+            ends.append(f"exited {proc.returncode}")
+        proc.wait(10)
+    return ends
