@@ -130,7 +130,9 @@ class Daemon:
             trading_state=lambda: str(self.risk_state.state),
             on_failure=self._on_component_failure,
             grace_secs=settings.daemon.execution_timeout_secs)
-        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock)
+        self.marks = EquityMarks()  # start-of-day and peak equity: one copy, shared
+        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock,
+                                   self.marks)
         self.recovered: Recovered | None = None
         self.sizer = Sizer(settings.risk, equity=self.portfolio.equity,
                            holding=self._holding, send=self.bus.send)
@@ -153,7 +155,6 @@ class Daemon:
         self.killswitch = KillSwitch(state=self.risk_state, path=s.daemon.kill_switch_path,
                                      environ=self.environ)
         self.market = MarketHours()
-        self.marks = EquityMarks()
         self.modes = ExecutionModes(
             s.daemon.execution_mode, clock=self.clock, approval_notional=s.risk.approval_notional,
             send=bus.send,
@@ -362,10 +363,7 @@ class Daemon:
                  equity=str(self.portfolio.equity()), positions=len(self.portfolio.positions))
 
     def _restore_risk(self, recovered: Recovered) -> None:
-        """Loss limits keep measuring from the journaled marks; a halt survives a restart."""
-        m = self.marker
-        if m.day:
-            self.marks.restore(m.day, m.start_of_day_equity, m.peak_equity)
+        """A halt survives a restart (the equity marks were restored by recovery)."""
         was = recovered.trading_state
         if was and was != str(self.risk_state.state):
             self.risk_state.request(TradingState(was), who="recovery",

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from daemon.model import (
-    AccountSnapshot,
     Fill,
     FloatArray,
     OrderSide,
@@ -304,11 +303,6 @@ class PositionChanged(Event):
     avg_price: Decimal
     realized_pnl: Decimal
     ts: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class AccountUpdated(Event):
-    snapshot: AccountSnapshot
 
 
 @dataclass(frozen=True, slots=True)

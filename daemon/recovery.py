@@ -46,6 +46,7 @@ from daemon.reconcile import Reconciler, books_snapshot
 from daemon.stats import SessionStats
 from daemon.time import trading_day
 from portfolio import Portfolio
+from risk.marks import EquityMarks
 
 log = structlog.get_logger("daemon.recovery")
 
@@ -135,24 +136,34 @@ def restore_stats(stats: SessionStats, journal: Journal, last_mark: dict[str, An
 
 
 class EquityMarker:
-    """Journals an ``EquityMark`` on each ``RiskTick`` and keeps the equity counters
-    (start-of-day equity, peak equity) that the risk monitor and the report use."""
+    """Journals an ``EquityMark`` on each ``RiskTick`` (the report's equity curve) and
+    keeps the equity marks the loss limits are measured from up to date. The marks are
+    the risk components' own ``EquityMarks``: one copy, which recovery restores."""
 
     def __init__(self, journal: Journal | None, portfolio: Portfolio, stats: SessionStats,
-                 clock: Clock) -> None:
+                 clock: Clock, marks: EquityMarks | None = None) -> None:
         self._journal = journal
         self._portfolio = portfolio
         self._stats = stats
         self._clock = clock
-        self.day = ""
-        self.start_of_day_equity: Decimal | None = None
-        self.peak_equity: Decimal | None = None
+        self.marks = marks if marks is not None else EquityMarks()
+
+    @property
+    def day(self) -> str:
+        return self.marks.day
+
+    @property
+    def start_of_day_equity(self) -> Decimal | None:
+        return self.marks.start_of_day
+
+    @property
+    def peak_equity(self) -> Decimal | None:
+        return self.marks.peak
 
     def restore(self, mark: dict[str, Any] | None) -> None:
         if mark:
-            self.day = mark.get("day", "")
-            self.start_of_day_equity = Decimal(mark["start_of_day_equity"])
-            self.peak_equity = Decimal(mark["peak_equity"])
+            self.marks.restore(mark.get("day", ""), Decimal(mark["start_of_day_equity"]),
+                               Decimal(mark["peak_equity"]))
 
     def on_tick(self, tick: RiskTick) -> None:
         self.mark(tick.ts)
@@ -161,9 +172,7 @@ class EquityMarker:
         p = self._portfolio
         equity = p.equity()
         day = trading_day(ts)
-        if day != self.day or self.start_of_day_equity is None:
-            self.day, self.start_of_day_equity = day, equity
-        self.peak_equity = equity if self.peak_equity is None else max(self.peak_equity, equity)
+        self.marks.observe(equity, day)
         held = [v for v in p.positions.values() if v.qty]
         # unrealized = market value - cost of what is held (cheaper than per-symbol views)
         cost = sum((v.avg_price * v.qty for v in held), Decimal(0))

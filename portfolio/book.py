@@ -53,7 +53,7 @@ class Portfolio:
     def on_bars(self, batch: BarBatch) -> None:
         self.last_price.update(zip(batch.symbols, batch.close.tolist(), strict=True))
         self._px.clear()
-        self._totals = self._views = None
+        self._changed()
 
     def on_fill(self, event: OrderFilled) -> None:
         pos = self.apply_fill(event.fill)
@@ -66,7 +66,7 @@ class Portfolio:
     def apply_fill(self, fill: Fill) -> Position:
         """Book one fill: cash moves by qty x price plus commission; average cost is
         the weighted cost of the open quantity; closing quantity realizes P&L."""
-        self._totals = self._views = None
+        self._changed()
         pos = self.positions.get(fill.symbol)
         if pos is None:
             pos = self.positions[fill.symbol] = Position(fill.symbol)
@@ -91,7 +91,7 @@ class Portfolio:
 
     def restore(self, cash: Decimal, positions: Iterable[BrokerPosition]) -> None:
         """Replace the books with a known state (recovery, or adopting the broker's)."""
-        self._totals = self._views = None
+        self._changed()
         self.cash = Decimal(cash)
         self.positions = {
             p.symbol: Position(p.symbol, p.qty, p.avg_price) for p in positions if p.qty
@@ -108,7 +108,7 @@ class Portfolio:
     ) -> None:
         """Replace the books with journaled ones (recovery) or the broker's positions kept
         with their realized P&L (reconciliation): unlike ``restore``, nothing is lost."""
-        self._totals = self._views = None
+        self._changed()
         self._px.clear()
         self.cash = Decimal(cash)
         self.positions = {p.symbol: p for p in positions}
@@ -118,6 +118,10 @@ class Portfolio:
             self.fill_count = fill_count
         if prices:
             self.last_price.update(prices)
+
+    def _changed(self) -> None:
+        """The books or the marks moved: drop what is computed from them."""
+        self._totals = self._views = None
 
     # -- views ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from daemon.events import OrderIntent
+from daemon.model import CENT
 from risk.config import RiskConfig
 from risk.reasons import Cap, Denial, ReasonCode
 
@@ -386,12 +387,11 @@ def cap_buying_power(ctx: Ctx, lim: Limits) -> Cap | None:
     return Cap(R.INSUFFICIENT_BUYING_POWER, _money(bp), _money(cost_qty * unit), free + fit)
 
 
-_CENT = Decimal("0.01")
 _BP = Decimal("0.000001")
 
 
 def _money(v: Decimal) -> Decimal:
-    return v.quantize(_CENT)
+    return v.quantize(CENT)
 
 
 def _frac(v: Decimal) -> Decimal:
