@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO := data/demo
 RUN_STATE ?= state/demo
 
-.PHONY: install run test lint typecheck bench demo-data model clean
+.PHONY: install system-deps run test lint typecheck bench demo-data model clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,12 +40,17 @@ run: $(STAMP) $(DEMO)/day.csv $(DEMO)/model/model.ubj
 	TRADINGD_SIGNALS__MODEL__MODEL_PATH=$(DEMO)/model/model.ubj \
 		$(BIN)/tradingd run --replay $(DEMO)/day.csv --speed max --state-dir $(RUN_STATE)
 
-test: $(STAMP)
+# mosquitto, chromium and chromium-driver: apt-get when root, else say what to install.
+system-deps:
+	scripts/system-deps.sh
+
+test: $(STAMP) system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -p no:randomly --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy daemon brokers risk portfolio signals config
+	$(BIN)/mypy kernel engine daemon brokers risk portfolio signals config
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replay.py

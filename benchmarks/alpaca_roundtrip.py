@@ -46,9 +46,9 @@ from pydantic import SecretStr
 
 from brokers.alpaca import AlpacaBroker
 from brokers.config import AlpacaConfig
-from daemon.clock import WallClock
-from daemon.events import Event, OrderEvent, OrderFilled, OrderIntent, OrderNew
-from daemon.model import OrderSide, OrderType, TimeInForce
+from kernel.clock import WallClock
+from kernel.events import Event, OrderEvent, OrderFilled, OrderIntent, OrderNew
+from kernel.model import OrderSide, OrderType, TimeInForce
 from tests.alpaca_emulator import EmulatorThread
 
 

@@ -23,11 +23,11 @@ from decimal import Decimal
 import numpy as np
 import structlog
 
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.events import BarBatch, OrderIntent, PlaceOrder, SubmitOrder
-from daemon.execution import OrderManager
-from daemon.model import Fill, OrderSide, OrderType, Signal, TimeInForce
+from engine.execution import OrderManager
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.events import BarBatch, OrderIntent, PlaceOrder, SubmitOrder
+from kernel.model import Fill, OrderSide, OrderType, Signal, TimeInForce
 from portfolio.book import Portfolio
 from risk.config import RiskConfig
 from risk.gate import Gate

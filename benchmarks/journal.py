@@ -32,11 +32,11 @@ from _common import percentile, print_json, print_table
 from replay import prepare
 
 from config.settings import load_settings
-from daemon import logging as dlog
 from daemon.app import Daemon
-from daemon.events import OrderIntent
-from daemon.journal import Journal
-from daemon.model import OrderSide, OrderType, Signal, TimeInForce
+from engine.journal import Journal
+from kernel import logging as dlog
+from kernel.events import OrderIntent
+from kernel.model import OrderSide, OrderType, Signal, TimeInForce
 
 
 def durable_intents(n: int, tmp: Path) -> dict[str, Any]:

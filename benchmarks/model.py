@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from daemon.clock import ReplayClock
-from daemon.events import Event
+from kernel.clock import ReplayClock
+from kernel.events import Event
 from signals.artifacts import LoadedModel
 from signals.bars import DenseBars, read_bars_csv
 from signals.config import ModelConfig

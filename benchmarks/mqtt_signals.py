@@ -51,9 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import percentile, print_json
 from daemon.app import install_uvloop
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.events import (
+from engine.execution import OrderManager
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.events import (
     BarBatch,
     OrderApproved,
     OrderCanceled,
@@ -62,8 +63,7 @@ from daemon.events import (
     SignalBatch,
     SubmitOrder,
 )
-from daemon.execution import OrderManager
-from daemon.inbox import Inbox
+from kernel.inbox import Inbox
 from portfolio.book import Portfolio
 from risk.config import RiskConfig
 from risk.gate import Gate

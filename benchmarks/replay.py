@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MARKET_DIR, peak_rss_mb, percentile, print_json, print_table
 
 from config.settings import load_settings
-from daemon import logging as dlog
 from daemon.app import Daemon
-from daemon.events import BarBatch, OrderIntent, OrderSubmitted, PlaceOrder
-from daemon.model import OrderSide, OrderType, TimeInForce, to_price
+from kernel import logging as dlog
+from kernel.events import BarBatch, OrderIntent, OrderSubmitted, PlaceOrder
+from kernel.model import OrderSide, OrderType, TimeInForce, to_price
 
 
 def real_bars(days: int, symbols: int, out: Path) -> Path:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from daemon.errors import (
+from kernel.errors import (
     AmbiguousSubmission,
     BrokerAuthError,
     BrokerError,

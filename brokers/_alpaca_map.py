@@ -12,9 +12,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from brokers.base import BrokerFill, BrokerOrder
-from daemon.model import BrokerPosition, MarketClock, OrderSide, OrderType, TimeInForce
-from daemon.orders import OrderStatus
+from kernel.broker import BrokerFill, BrokerOrder
+from kernel.model import BrokerPosition, MarketClock, OrderSide, OrderType, TimeInForce
+from kernel.orders import OrderStatus
 
 NEW_YORK = ZoneInfo("America/New_York")
 

@@ -2,7 +2,7 @@
 
 Alpaca's stream is a hint, not a ledger: events arrive duplicated, reordered, late, or
 not at all (alpaca-protocol.md §7, §13). The tracker keeps a private
-``daemon.orders.Order`` per client order id and runs every candidate event through the
+``kernel.orders.Order`` per client order id and runs every candidate event through the
 same transition table the daemon uses, so what it reports is always legal for
 ``Order.apply`` and never repeats:
 
@@ -31,7 +31,7 @@ from brokers._alpaca_map import (
     to_decimal,
     to_shares,
 )
-from daemon.events import (
+from kernel.events import (
     OrderAccepted,
     OrderCanceled,
     OrderCancelRejected,
@@ -46,8 +46,8 @@ from daemon.events import (
     OrderRejected,
     OrderReplaced,
 )
-from daemon.model import Fill, OrderSide, OrderType, TimeInForce
-from daemon.orders import ORDER_TRANSITIONS, TERMINAL, Order, OrderStatus
+from kernel.model import Fill, OrderSide, OrderType, TimeInForce
+from kernel.orders import ORDER_TRANSITIONS, TERMINAL, Order, OrderStatus
 
 log = structlog.get_logger("brokers.alpaca")
 

@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from zoneinfo import ZoneInfo
 
 from brokers._paper_store import PaperOrder
-from daemon.model import PRICE_TICK, Fill, OrderSide, OrderType, Position
+from kernel.model import PRICE_TICK, Fill, OrderSide, OrderType, Position
 
 NEW_YORK = ZoneInfo("America/New_York")
 ZERO = Decimal(0)

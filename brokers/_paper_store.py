@@ -20,9 +20,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from brokers.base import BrokerOrder
-from daemon.model import Fill, OrderSide, OrderType, Position, TimeInForce
-from daemon.orders import OrderStatus
+from kernel.broker import BrokerOrder
+from kernel.model import Fill, OrderSide, OrderType, Position, TimeInForce
+from kernel.orders import OrderStatus
 
 SCHEMA_VERSION = "1"
 

@@ -89,18 +89,18 @@ from brokers._alpaca_map import (
     trading_session,
 )
 from brokers._alpaca_track import OrderTracker
-from brokers.base import BrokerFill, BrokerOrder, EventSink
 from brokers.config import AlpacaConfig
-from daemon.clock import Clock
-from daemon.errors import (
+from kernel.broker import BrokerFill, BrokerOrder, EventSink
+from kernel.clock import Clock
+from kernel.errors import (
     AmbiguousSubmission,
     BrokerAuthError,
     BrokerError,
     BrokerRejected,
     BrokerUnavailable,
 )
-from daemon.events import BarBatch, BrokerStatusChanged, OrderEvent, OrderIntent
-from daemon.model import AccountSnapshot, BrokerPosition, MarketClock, OrderType
+from kernel.events import BarBatch, BrokerStatusChanged, OrderEvent, OrderIntent
+from kernel.model import AccountSnapshot, BrokerPosition, MarketClock, OrderType
 
 __all__ = ["AlpacaBarFeed", "AlpacaBroker", "TradingSession"]
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from config.base import ComponentConfig
+from kernel.config import ComponentConfig
 
 
 class PaperConfig(ComponentConfig):

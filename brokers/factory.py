@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from brokers.base import Broker, EventSink
 from brokers.config import BrokerConfig
-from daemon.clock import Clock
+from kernel.broker import Broker, EventSink
+from kernel.clock import Clock
 
 
 def create_broker(

@@ -70,11 +70,11 @@ from brokers._paper_rules import (
     reserve_price,
 )
 from brokers._paper_store import PaperOrder, PaperStore
-from brokers.base import BrokerFill, BrokerOrder, EventSink
 from brokers.config import PaperConfig
-from daemon.clock import Clock
-from daemon.errors import BrokerRejected
-from daemon.events import (
+from kernel.broker import BrokerFill, BrokerOrder, EventSink
+from kernel.clock import Clock
+from kernel.errors import BrokerRejected
+from kernel.events import (
     BarBatch,
     Event,
     OrderCanceled,
@@ -84,7 +84,7 @@ from daemon.events import (
     OrderNew,
     OrderReplaced,
 )
-from daemon.model import (
+from kernel.model import (
     AccountSnapshot,
     BrokerPosition,
     Fill,
@@ -95,7 +95,7 @@ from daemon.model import (
     TimeInForce,
     to_price,
 )
-from daemon.orders import OPEN, TERMINAL, OrderStatus
+from kernel.orders import OPEN, TERMINAL, OrderStatus
 
 log = structlog.get_logger("brokers.paper")
 

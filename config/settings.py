@@ -27,8 +27,8 @@ from pydantic_settings import (
 )
 
 from brokers.config import BrokerConfig
-from daemon.config import DaemonConfig, FeedConfig
-from daemon.errors import ConfigError
+from engine.config import DaemonConfig, FeedConfig
+from kernel.errors import ConfigError
 from risk.config import RiskConfig
 from signals.config import SignalsConfig
 

@@ -5,11 +5,11 @@ Flow: bar batch -> (paper broker matching) -> portfolio marks -> signal sources 
 ``SignalBatch`` -> sizing -> ``PlaceOrder`` -> gate -> ``SubmitOrder`` -> order manager ->
 broker -> reports -> order manager -> ``OrderFilled`` -> portfolio.
 
-Durability: every state-changing event is journaled (``daemon.journal``); each order
+Durability: every state-changing event is journaled (``engine.journal``); each order
 intent is fsynced there before it reaches the broker. At start the session is rebuilt
-from the journal and reconciled with the broker (``daemon.recovery``) before the feed
+from the journal and reconciled with the broker (``engine.recovery``) before the feed
 starts; ``ready`` stays False until then, and again while a reconnected broker is being
-reconciled (``daemon.reconcile``). A replay restarted on the same state directory resumes
+reconciled (``engine.reconcile``). A replay restarted on the same state directory resumes
 after the last bar it journaled.
 
 Tasks owned (all named): ``feed.replay`` (or the live feed), ``bus.pump`` (drains the
@@ -36,15 +36,22 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from brokers.base import Broker
 from brokers.factory import create_broker
 from config.settings import Settings
-from daemon.bus import Bus
-from daemon.clock import Clock, ReplayClock, Timers, WallClock
 from daemon.control import ControlServer
-from daemon.durable import DurableBroker
-from daemon.errors import HandlerFailed
-from daemon.events import (
+from daemon.sdnotify import Notifier
+from engine.durable import DurableBroker
+from engine.execution import OrderManager
+from engine.feed import BarTape, Pacer
+from engine.journal import JOURNAL_FILE, Journal
+from engine.reconcile import Reconciler, books_snapshot
+from engine.recovery import EquityMarker, Recovered, recover
+from engine.stats import SessionStats
+from kernel.broker import Broker
+from kernel.bus import Bus
+from kernel.clock import Clock, ReplayClock, Timers, WallClock
+from kernel.errors import HandlerFailed
+from kernel.events import (
     BarBatch,
     BrokerStatusChanged,
     CancelAllOrders,
@@ -58,14 +65,7 @@ from daemon.events import (
     SignalBatch,
     SubmitOrder,
 )
-from daemon.execution import OrderManager
-from daemon.feed import BarTape, Pacer
-from daemon.inbox import Inbox
-from daemon.journal import JOURNAL_FILE, Journal
-from daemon.reconcile import Reconciler, books_snapshot
-from daemon.recovery import EquityMarker, Recovered, recover
-from daemon.sdnotify import Notifier
-from daemon.stats import SessionStats
+from kernel.inbox import Inbox
 from portfolio import Portfolio
 from risk.controls import register_controls
 from risk.emergency import LiquidationResult, liquidate

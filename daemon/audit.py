@@ -17,11 +17,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from daemon.codec import EVENT_TYPES, decode
-from daemon.errors import OrderError
-from daemon.events import OrderEvent, OrderIntent
-from daemon.journal import Journal, JournalRow
-from daemon.orders import Order
+from engine.codec import EVENT_TYPES, decode
+from engine.journal import Journal, JournalRow
+from kernel.errors import OrderError
+from kernel.events import OrderEvent, OrderIntent
+from kernel.orders import Order
 
 COLUMNS = ("seq", "ts", "type", "client_order_id", "symbol", "detail")
 

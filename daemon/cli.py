@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from daemon.errors import ConfigError
+from kernel.errors import ConfigError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_NO_DAEMON = 1, 2, 3
 
@@ -68,7 +68,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon import logging as dlog
+    from kernel import logging as dlog
 
     settings = _settings(args)
     dlog.configure(settings.daemon.log_level)
@@ -124,8 +124,8 @@ def _print_status(s: dict[str, Any]) -> None:
 
 
 def _open_journal(args: argparse.Namespace) -> Any:
-    from daemon import logging as dlog
-    from daemon.journal import JOURNAL_FILE, Journal
+    from engine.journal import JOURNAL_FILE, Journal
+    from kernel import logging as dlog
 
     # stdout carries the answer (tables, JSON, CSV); log lines go to stderr.
     dlog.configure("warning", stream=sys.stderr)

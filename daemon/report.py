@@ -17,9 +17,9 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
-from daemon.journal import Journal, JournalRow
 from daemon.svg import histogram, line_chart
-from daemon.time import trading_day
+from engine.journal import Journal, JournalRow
+from kernel.time import trading_day
 
 _TYPES = ("OrderIntent", "OrderFilled", "OrderDenied", "OrderRejected", "OrderAbandoned",
           "EquityMark", "Signal")

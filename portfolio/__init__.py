@@ -1,5 +1,5 @@
 """Portfolio: positions, cash, P&L and exposure, updated only from fills."""
 
-from portfolio.book import Portfolio, PositionView
+from portfolio.book import Portfolio
 
-__all__ = ["Portfolio", "PositionView"]
+__all__ = ["Portfolio"]

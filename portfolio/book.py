@@ -8,25 +8,13 @@ held, so marking 53 symbols per batch stays cheap.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from daemon.events import BarBatch, Event, OrderFilled, PositionChanged
-from daemon.model import BrokerPosition, Fill, Position, to_price
+from kernel.events import BarBatch, Event, OrderFilled, PositionChanged
+from kernel.model import BrokerPosition, Fill, Position, PositionView, to_price
 
 ZERO = Decimal(0)
-
-
-@dataclass(frozen=True, slots=True)
-class PositionView:
-    symbol: str
-    qty: int
-    avg_price: Decimal
-    last_price: Decimal | None
-    market_value: Decimal
-    unrealized_pnl: Decimal
-    realized_pnl: Decimal
 
 
 class Portfolio:

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
-from daemon.events import OrderIntent, PlaceOrder
-from daemon.model import OrderSide, OrderType, TimeInForce
-from risk.sizing import client_order_id
+from kernel.events import OrderIntent, PlaceOrder
+from kernel.ids import client_order_id
+from kernel.model import OrderSide, OrderType, TimeInForce
 
 
 def target_shares(weight: float, equity: Decimal, price: Decimal) -> int:

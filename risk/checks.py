@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from daemon.events import OrderIntent
-from daemon.model import CENT
+from kernel.events import OrderIntent
+from kernel.model import CENT
 from risk.config import RiskConfig
 from risk.reasons import Cap, Denial, ReasonCode
 

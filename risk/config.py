@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from pydantic import Field
 
-from config.base import ComponentConfig
+from kernel.config import ComponentConfig
 
 
 class RiskConfig(ComponentConfig):

@@ -23,14 +23,14 @@ from decimal import Decimal
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.events import CancelAllOrders, Command, OrderIntent, PlaceOrder
-from daemon.model import OrderSide, OrderType, TimeInForce
-from portfolio.book import Portfolio
+from kernel.clock import Clock
+from kernel.events import CancelAllOrders, Command, OrderIntent, PlaceOrder
+from kernel.ids import client_order_id
+from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.views import Books
 from risk.config import RiskConfig
 from risk.gate import OrderBook
 from risk.market import Market
-from risk.sizing import client_order_id
 from risk.state import TradingState, TradingStatus
 
 log = structlog.get_logger("risk.emergency")
@@ -60,7 +60,7 @@ async def liquidate(
     state: TradingStatus,
     send: Callable[[Command], None],
     orders: OrderBook,
-    portfolio: Portfolio,
+    portfolio: Books,
     market: Market,
     clock: Clock,
     who: str = "operator",

@@ -45,8 +45,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.events import (
+from kernel.clock import Clock
+from kernel.events import (
     BarBatch,
     Event,
     OrderApproved,
@@ -58,9 +58,9 @@ from daemon.events import (
     PositionChanged,
     SubmitOrder,
 )
-from daemon.model import Position
-from daemon.orders import Order
-from daemon.time import NEW_YORK
+from kernel.model import Position
+from kernel.orders import Order
+from kernel.time import NEW_YORK
 from risk import checks as ck
 from risk.config import RiskConfig
 from risk.market import Market, MarketHours

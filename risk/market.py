@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
-from daemon.model import MarketClock
-from daemon.time import NEW_YORK
+from kernel.model import MarketClock
+from kernel.time import NEW_YORK
 
 _PRE_MARKET = time(4, 0)
 _AFTER_HOURS = timedelta(hours=4)

@@ -27,8 +27,8 @@ from typing import Any
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.events import OrderIntent, PlaceOrder
+from kernel.clock import Clock
+from kernel.events import OrderIntent, PlaceOrder
 
 log = structlog.get_logger("risk.modes")
 

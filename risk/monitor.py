@@ -24,16 +24,16 @@ from decimal import Decimal
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.events import AlertRaised, Event, OrderIntent, PlaceOrder, PositionChanged, RiskTick
-from daemon.model import OrderSide, OrderType, TimeInForce
-from daemon.time import trading_day
-from portfolio.book import Portfolio
+from kernel.clock import Clock
+from kernel.events import AlertRaised, Event, OrderIntent, PlaceOrder, PositionChanged, RiskTick
+from kernel.ids import client_order_id
+from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.time import trading_day
+from kernel.views import Books
 from risk.config import RiskConfig
 from risk.gate import OrderBook
 from risk.marks import EquityMarks
 from risk.reasons import ReasonCode
-from risk.sizing import client_order_id
 from risk.state import TradingState, TradingStatus
 
 log = structlog.get_logger("risk.monitor")
@@ -49,7 +49,7 @@ class RiskMonitor:
         cfg: RiskConfig,
         *,
         clock: Clock,
-        portfolio: Portfolio,
+        portfolio: Books,
         orders: OrderBook,
         state: TradingStatus,
         marks: EquityMarks,

@@ -10,27 +10,18 @@ skip and cap is a log event.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from decimal import Decimal
 
 import structlog
 
-from daemon.events import OrderIntent, PlaceOrder, SignalBatch
-from daemon.model import OrderSide, OrderType, Signal, TimeInForce, to_price
+from kernel.events import OrderIntent, PlaceOrder, SignalBatch
+from kernel.ids import client_order_id
+from kernel.model import OrderSide, OrderType, Signal, TimeInForce, to_price
 from risk.config import RiskConfig
 
 log = structlog.get_logger("risk.sizing")
-
-
-def client_order_id(prefix: str, *parts: str) -> str:
-    """Deterministic id: the same signal always yields the same id, so a retry or a
-    restart can never create a second order for it at the broker."""
-    # Length-prefixed, so no choice of parts can collide with another ("a|b","c" vs "a","b|c").
-    key = "".join(f"{len(p)}:{p}" for p in parts)
-    digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
-    return f"{prefix}-{digest}"
 
 
 def target_qty(signal: Signal, equity: float | Decimal, cfg: RiskConfig) -> int:

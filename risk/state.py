@@ -24,8 +24,8 @@ from typing import Any
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.events import BrokerStatusChanged, Event, TradingStateChanged
+from kernel.clock import Clock
+from kernel.events import BrokerStatusChanged, Event, TradingStateChanged
 
 log = structlog.get_logger("risk.state")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from daemon.bus import Bus
-from daemon.events import (
+from kernel.bus import Bus
+from kernel.events import (
     BarBatch,
     BrokerStatusChanged,
     OrderEvent,

@@ -51,7 +51,7 @@ from typing import Any
 import orjson
 import structlog
 
-from daemon.events import (
+from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     Event,

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from daemon.model import Signal
+from kernel.model import Signal
 
 MALFORMED_JSON = "MALFORMED_JSON"
 SCHEMA = "SCHEMA"

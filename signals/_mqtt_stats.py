@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.clock import monotonic_ns
+from kernel.clock import monotonic_ns
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import ConfigError
+from kernel.errors import ConfigError
 from signals.features import FEATURE_NAMES, FEATURE_VERSION
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from daemon.events import BarBatch
-from daemon.model import FloatArray
+from kernel.events import BarBatch
+from kernel.model import FloatArray
 
 NEW_YORK = ZoneInfo("America/New_York")
 CSV_COLUMNS = ("timestamp", "symbol", "open", "high", "low", "close", "volume")

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from config.base import ComponentConfig
+from kernel.config import ComponentConfig
 
 # A topic prefix is one or more plain MQTT levels: no wildcards, no empty levels.
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from daemon.events import BarBatch, Event, SignalBatch
-from daemon.model import Signal
+from kernel.events import BarBatch, Event, SignalBatch
+from kernel.model import Signal
 from signals.config import DemoRuleConfig
 
 SOURCE = "demo.momentum"

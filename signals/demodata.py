@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from daemon.time import NEW_YORK
+from kernel.time import NEW_YORK
 
 # Consecutive XNYS sessions with no holiday or half day in between.
 FIRST_DAY = date(2024, 3, 4)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daemon.model import FloatArray
+from kernel.model import FloatArray
 from signals.config import ModelConfig
 from signals.metrics import entropy, psi
 

@@ -29,8 +29,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from daemon.events import BarBatch
-from daemon.model import FloatArray
+from kernel.events import BarBatch
+from kernel.model import FloatArray
 from signals.bars import NEW_YORK, DenseBars
 
 WINDOW = 60  # longest lookback, in bars

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daemon.model import FloatArray
+from kernel.model import FloatArray
 from signals.features import average_ranks
 
 BoolArray = npt.NDArray[np.bool_]

@@ -29,10 +29,10 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from daemon.clock import Clock
-from daemon.errors import ConfigError
-from daemon.events import AlertRaised, BarBatch, Event, SignalBatch
-from daemon.model import Signal
+from kernel.clock import Clock
+from kernel.errors import ConfigError
+from kernel.events import AlertRaised, BarBatch, Event, SignalBatch
+from kernel.model import Signal
 from signals.artifacts import LoadedModel, load_model_dir
 from signals.config import ModelConfig
 from signals.drift import DriftMonitor, DriftStatus, Level

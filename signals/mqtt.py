@@ -46,12 +46,12 @@ from typing import Any, Self
 import aiomqtt
 import structlog
 
-from daemon import logging as dlog
-from daemon.bus import Bus
-from daemon.clock import Clock, WallClock, monotonic_ns
-from daemon.events import Event, SignalBatch, SignalRejected, TradingStateChanged
-from daemon.inbox import Inbox
-from daemon.model import Signal
+from kernel import logging as dlog
+from kernel.bus import Bus
+from kernel.clock import Clock, WallClock, monotonic_ns
+from kernel.events import Event, SignalBatch, SignalRejected, TradingStateChanged
+from kernel.inbox import Inbox
+from kernel.model import Signal
 from signals._mqtt_outbox import (
     LOSSY_KINDS,
     PUBLISHED_EVENTS,

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from daemon.clock import Clock, WallClock
+from kernel.clock import Clock, WallClock
 
 MAX_CONTROL_BYTES = 8 * 1024
 MAX_NONCES = 10_000

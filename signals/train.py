@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from daemon.model import FloatArray
+from kernel.model import FloatArray
 from signals.artifacts import FORMAT_VERSION, save_model_dir
 from signals.bars import DenseBars, read_bars_csv
 from signals.config import ModelConfig

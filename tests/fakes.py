@@ -8,14 +8,14 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Self
 
-from brokers.base import BrokerFill, BrokerOrder, EventSink
-from daemon.errors import BrokerError
-from daemon.events import Event, OrderIntent
-from daemon.model import AccountSnapshot, BrokerPosition, MarketClock
+from kernel.broker import BrokerFill, BrokerOrder, EventSink
+from kernel.errors import BrokerError
+from kernel.events import Event, OrderIntent
+from kernel.model import AccountSnapshot, BrokerPosition, MarketClock
 
 
 class RecordingBroker:
-    """A ``brokers.base.Broker`` that records every call and does only what it is told.
+    """A ``kernel.broker.Broker`` that records every call and does only what it is told.
 
     * ``submitted`` / ``cancels`` / ``cancel_alls`` / ``lookups`` record the calls.
     * ``fail_next_submit(exc)`` makes the next ``submit`` raise ``exc`` (after recording

@@ -14,10 +14,10 @@ from pydantic import SecretStr
 
 from brokers.alpaca import AlpacaBroker
 from brokers.config import AlpacaConfig
-from daemon.clock import WallClock
-from daemon.events import BrokerStatusChanged, Event, OrderEvent, OrderIntent
-from daemon.model import OrderSide, OrderType, TimeInForce
-from daemon.orders import Order
+from kernel.clock import WallClock
+from kernel.events import BrokerStatusChanged, Event, OrderEvent, OrderIntent
+from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.orders import Order
 from tests.alpaca_emulator import EmulatorThread
 
 KEY, SECRET = "PKTESTKEY0001", "sEcReT-TEST-0001"

@@ -15,10 +15,10 @@ import numpy as np
 
 from brokers.config import PaperConfig
 from brokers.paper import PaperBroker
-from daemon.clock import ReplayClock
-from daemon.events import BarBatch, Event, OrderEvent, OrderFilled, OrderIntent
-from daemon.model import OrderSide, OrderType, TimeInForce
-from daemon.orders import Order
+from kernel.clock import ReplayClock
+from kernel.events import BarBatch, Event, OrderEvent, OrderFilled, OrderIntent
+from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.orders import Order
 
 # Monday 2026-01-05 09:30 New York (EST, UTC-5).
 OPEN_TS = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)

@@ -12,12 +12,12 @@ import structlog
 from pydantic import SecretStr
 
 from brokers.alpaca import AlpacaBarFeed, AlpacaBroker
-from brokers.base import Broker
-from daemon.clock import WallClock
-from daemon.errors import BrokerAuthError, BrokerRejected
-from daemon.events import BarBatch, OrderFilled
-from daemon.model import OrderSide, OrderType, TimeInForce
-from daemon.orders import OrderStatus
+from kernel.broker import Broker
+from kernel.clock import WallClock
+from kernel.errors import BrokerAuthError, BrokerRejected
+from kernel.events import BarBatch, OrderFilled
+from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.orders import OrderStatus
 from tests.alpaca_emulator import EmulatorThread
 from tests.brokers.conftest import KEY, SECRET, Recorder, intent, make_cfg
 

@@ -13,11 +13,11 @@ import pytest
 
 from brokers._alpaca_http import RateBudget
 from brokers.alpaca import AlpacaBroker
-from daemon.clock import WallClock
-from daemon.errors import AmbiguousSubmission, BrokerUnavailable
-from daemon.events import OrderFilled, OrderIntent
-from daemon.model import OrderType, TimeInForce
-from daemon.orders import TERMINAL, OrderStatus
+from kernel.clock import WallClock
+from kernel.errors import AmbiguousSubmission, BrokerUnavailable
+from kernel.events import OrderFilled, OrderIntent
+from kernel.model import OrderType, TimeInForce
+from kernel.orders import TERMINAL, OrderStatus
 from tests.alpaca_emulator import EmulatorThread
 from tests.brokers.conftest import Recorder, intent, make_cfg
 

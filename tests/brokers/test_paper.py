@@ -9,17 +9,17 @@ from datetime import UTC, datetime
 import pytest
 import structlog.testing
 
-from brokers.base import Broker
-from daemon.errors import BrokerRejected
-from daemon.events import (
+from kernel.broker import Broker
+from kernel.errors import BrokerRejected
+from kernel.events import (
     OrderCanceled,
     OrderExpired,
     OrderFilled,
     OrderNew,
     OrderReplaced,
 )
-from daemon.model import Fill
-from daemon.orders import OrderStatus
+from kernel.model import Fill
+from kernel.orders import OrderStatus
 from portfolio.book import Portfolio
 from tests.brokers.paper_kit import MINUTE, D, Harness, batch, flat, intent
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.errors import BrokerRejected
-from daemon.events import OrderFilled
-from daemon.model import OrderSide
+from kernel.errors import BrokerRejected
+from kernel.events import OrderFilled
+from kernel.model import OrderSide
 from portfolio.book import Portfolio
 from tests.brokers.paper_kit import D, Harness, apply_all, intent
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from brokers.paper import PaperBroker
-from daemon.errors import BrokerRejected
-from daemon.events import OrderExpired, OrderNew
-from daemon.orders import OrderStatus
+from kernel.errors import BrokerRejected
+from kernel.events import OrderExpired, OrderNew
+from kernel.orders import OrderStatus
 from tests.brokers.paper_kit import D, Harness, apply_all, flat, intent
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from config.settings import default_config_path, load_settings
 from daemon.cli import EXIT_CONFIG, main
-from daemon.errors import ConfigError
+from kernel.errors import ConfigError
 
 SECRET = "sk-test-DO-NOT-PRINT-7f3a9c"
 

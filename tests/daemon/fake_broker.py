@@ -13,10 +13,10 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Self
 
-from brokers.base import BrokerFill, BrokerOrder, EventSink
-from daemon.events import Event, OrderFilled, OrderIntent, OrderNew
-from daemon.model import AccountSnapshot, BrokerPosition, Fill, MarketClock, OrderSide
-from daemon.orders import TERMINAL, OrderStatus
+from kernel.broker import BrokerFill, BrokerOrder, EventSink
+from kernel.events import Event, OrderFilled, OrderIntent, OrderNew
+from kernel.model import AccountSnapshot, BrokerPosition, Fill, MarketClock, OrderSide
+from kernel.orders import TERMINAL, OrderStatus
 
 T0 = datetime(2024, 3, 1, 15, 0, tzinfo=UTC)
 
@@ -129,7 +129,7 @@ class FakeBroker:
 
 def intent(cid: str, symbol: str = "AAPL", qty: int = 10, side: OrderSide = OrderSide.BUY,
            price: str = "100", ts: datetime = T0) -> OrderIntent:
-    from daemon.model import OrderType, TimeInForce
+    from kernel.model import OrderType, TimeInForce
 
     return OrderIntent(cid, symbol, side, qty, OrderType.MARKET, TimeInForce.DAY, ts,
                        Decimal(price))

@@ -7,14 +7,14 @@ from contextlib import AsyncExitStack
 from decimal import Decimal
 from pathlib import Path
 
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.events import Event, OrderFilled, SubmitOrder, TradingStateChanged
-from daemon.execution import OrderManager
-from daemon.journal import JOURNAL_FILE, Journal
-from daemon.reconcile import Reconciler
-from daemon.recovery import EquityMarker, Recovered, recover
-from daemon.stats import SessionStats
+from engine.execution import OrderManager
+from engine.journal import JOURNAL_FILE, Journal
+from engine.reconcile import Reconciler
+from engine.recovery import EquityMarker, Recovered, recover
+from engine.stats import SessionStats
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.events import Event, OrderFilled, SubmitOrder, TradingStateChanged
 from portfolio import Portfolio
 from tests.daemon.fake_broker import T0, FakeBroker
 

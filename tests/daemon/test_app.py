@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 from brokers.paper import PaperBroker
 from config.settings import load_settings
 from daemon.app import Daemon, read_status
-from daemon.events import BarBatch, OrderFilled
-from daemon.model import to_price
+from kernel.events import BarBatch, OrderFilled
+from kernel.model import to_price
 from tests.data import SAMPLE_CSV, require
 
 
@@ -96,7 +96,7 @@ class TestReplayEndToEnd:
 
 @pytest.mark.parametrize("bad", ["max", "0", "-3", "fast"])
 def test_speed_validation_when_bad_then_config_error(bad: str, tmp_path: Path) -> None:
-    from daemon.errors import ConfigError
+    from kernel.errors import ConfigError
 
     if bad == "max":
         load_settings(overrides={"feed": {"speed": bad}})

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.events import OrderDenied, SignalBatch, SubmitOrder
-from daemon.model import Signal
+from kernel.events import OrderDenied, SignalBatch, SubmitOrder
+from kernel.model import Signal
 from tests.daemon.fake_broker import T0, FakeBroker, intent
 from tests.daemon.session import Session
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.bus import Bus
-from daemon.errors import BusError, HandlerFailed
-from daemon.events import Command, Event, Heartbeat, OrderCanceled, OrderEvent, OrderNew
+from kernel.bus import Bus
+from kernel.errors import BusError, HandlerFailed
+from kernel.events import Command, Event, Heartbeat, OrderCanceled, OrderEvent, OrderNew
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.clock import ReplayClock, Timers
-from daemon.events import Event, Heartbeat, RiskTick
+from kernel.clock import ReplayClock, Timers
+from kernel.events import Event, Heartbeat, RiskTick
 
 T0 = datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
 
@@ -157,8 +157,8 @@ class TestTimersWallFloor:
     def test_check_when_clock_races_ahead_then_min_wall_interval_holds(self) -> None:
         from datetime import UTC, datetime
 
-        from daemon.clock import ReplayClock, Timers
-        from daemon.events import ReconcileTick
+        from kernel.clock import ReplayClock, Timers
+        from kernel.events import ReconcileTick
 
         clock = ReplayClock(datetime(2024, 3, 4, 14, 30, tzinfo=UTC))
         fired: list[object] = []

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from brokers._paper_store import PaperStore
-from daemon.journal import JOURNAL_FILE, Journal, JournalRow
+from engine.journal import JOURNAL_FILE, Journal, JournalRow
 from tests.daemon.lives import kill_lives
 from tests.data import SAMPLE_CSV, require
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from daemon.journal import JOURNAL_FILE, Journal
+from engine.journal import JOURNAL_FILE, Journal
 from signals import demodata
 from tests.daemon.lives import kill_lives, wait_for
 from tests.data import REPO

@@ -12,11 +12,12 @@ from decimal import Decimal
 import pytest
 from structlog.testing import capture_logs
 
-from brokers.base import Broker, BrokerOrder
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.errors import AmbiguousSubmission, BrokerRejected, BrokerUnavailable
-from daemon.events import (
+from engine.execution import OrderManager
+from kernel.broker import Broker, BrokerOrder
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.errors import AmbiguousSubmission, BrokerRejected, BrokerUnavailable
+from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     CancelAllOrders,
@@ -30,9 +31,8 @@ from daemon.events import (
     OrderSubmitted,
     SubmitOrder,
 )
-from daemon.execution import OrderManager
-from daemon.model import Fill, OrderSide, OrderType, TimeInForce
-from daemon.orders import OrderStatus
+from kernel.model import Fill, OrderSide, OrderType, TimeInForce
+from kernel.orders import OrderStatus
 from portfolio.book import Portfolio
 from tests.fakes import RecordingBroker
 

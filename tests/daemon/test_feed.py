@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from daemon.errors import ConfigError
-from daemon.feed import BarTape, Pacer
+from engine.feed import BarTape, Pacer
+from kernel.errors import ConfigError
 
 # Deliberately out of order, by time and by symbol.
 ROWS = """timestamp,symbol,open,high,low,close,volume

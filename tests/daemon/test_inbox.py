@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from daemon.events import BarBatch, Heartbeat, OrderNew
-from daemon.inbox import Inbox
+from kernel.events import BarBatch, Heartbeat, OrderNew
+from kernel.inbox import Inbox
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
 

@@ -6,13 +6,13 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from daemon import logging as dlog
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.codec import EVENT_TYPES, decode
-from daemon.events import AlertRaised, OrderDenied, OrderFilled, OrderIntent, SignalBatch
-from daemon.journal import Journal
-from daemon.model import Fill, OrderSide, Signal
+from engine.codec import EVENT_TYPES, decode
+from engine.journal import Journal
+from kernel import logging as dlog
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.events import AlertRaised, OrderDenied, OrderFilled, OrderIntent, SignalBatch
+from kernel.model import Fill, OrderSide, Signal
 from tests.daemon.fake_broker import T0, intent
 
 
@@ -80,7 +80,7 @@ class TestJournal:
         j.close()
 
     def test_ack_when_journaled_then_labelled_with_the_intents_symbol(self, tmp_path: Path):
-        from daemon.events import OrderNew
+        from kernel.events import OrderNew
 
         j = Journal(tmp_path / "j.sqlite", clock=self.clock).open()
         j.record_intent(intent("c1", symbol="MSFT"))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon import logging as dlog
+from kernel import logging as dlog
 
 SECRET = "canary-secret-value-123456"
 
@@ -128,7 +128,7 @@ class TestConcurrentWriters:
 
         import structlog
 
-        from daemon import logging as dlog
+        from kernel import logging as dlog
 
         class SlowStream(io.StringIO):
             # write in two halves and let other threads run in between: any writer that

@@ -13,7 +13,7 @@ from config.settings import load_settings
 from daemon.app import Daemon
 from daemon.cli import EXIT_NO_DAEMON, main
 from daemon.control import request
-from daemon.events import BarBatch, TradingStateChanged
+from kernel.events import BarBatch, TradingStateChanged
 from signals import demodata
 
 

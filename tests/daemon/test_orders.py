@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.errors import InvalidOrderTransition, OverfillError
-from daemon.events import (
+from kernel.errors import InvalidOrderTransition, OverfillError
+from kernel.events import (
     OrderAbandoned,
     OrderAccepted,
     OrderCanceled,
@@ -29,8 +29,8 @@ from daemon.events import (
     OrderReplaced,
     OrderSubmitted,
 )
-from daemon.model import Fill, OrderSide, OrderType, TimeInForce
-from daemon.orders import OPEN, ORDER_TRANSITIONS, TERMINAL, Order, OrderStatus
+from kernel.model import Fill, OrderSide, OrderType, TimeInForce
+from kernel.orders import OPEN, ORDER_TRANSITIONS, TERMINAL, Order, OrderStatus
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
 CID = "td-test"

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from daemon.events import (
+from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     ReconcileTick,
     SubmitOrder,
     TradingStateChanged,
 )
-from daemon.orders import OrderStatus
+from kernel.orders import OrderStatus
 from tests.daemon.fake_broker import FakeBroker, intent
 from tests.daemon.session import Session
 
@@ -36,7 +36,7 @@ class TestReconcileInFlight:
             self, tmp_path: Path):
         s = await _started(tmp_path)
         s.journal.record_intent(intent("c1"))
-        from daemon.orders import Order
+        from kernel.orders import Order
 
         s.orders.adopt(Order.from_intent(intent("c1")))  # handed over, not sent yet
         report = await s.reconciler.reconcile("tick")
@@ -47,7 +47,7 @@ class TestReconcileInFlight:
     async def test_unacked_old_order_when_unknown_on_two_passes_then_abandoned(
             self, tmp_path: Path):
         s = await _started(tmp_path)
-        from daemon.orders import Order
+        from kernel.orders import Order
 
         s.orders.adopt(Order.from_intent(intent("c1")))
         s.clock.advance(120)
@@ -192,7 +192,7 @@ class TestReconcileReadiness:
         await s.stop()
 
     async def test_broker_down_at_start_when_recovering_then_not_ready(self, tmp_path: Path):
-        from daemon.errors import BrokerUnavailable
+        from kernel.errors import BrokerUnavailable
 
         class DownBroker(FakeBroker):
             async def open_orders(self):  # type: ignore[no-untyped-def]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from daemon.events import OrderAbandoned, SubmitOrder
-from daemon.orders import OrderStatus
+from kernel.events import OrderAbandoned, SubmitOrder
+from kernel.orders import OrderStatus
 from tests.daemon.fake_broker import FakeBroker, intent
 from tests.daemon.session import Session
 
@@ -107,7 +107,7 @@ class TestRecovery:
         await s2.stop()
 
     async def test_restart_when_halted_before_then_state_is_restored(self, tmp_path: Path):
-        from daemon.events import TradingStateChanged
+        from kernel.events import TradingStateChanged
 
         broker = FakeBroker()
         s1 = Session(tmp_path, broker)

@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import BarBatch, Event, OrderFilled, PositionChanged
-from daemon.model import BrokerPosition, Fill, OrderSide
+from kernel.events import BarBatch, Event, OrderFilled, PositionChanged
+from kernel.model import BrokerPosition, Fill, OrderSide
 from portfolio.book import Portfolio
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)

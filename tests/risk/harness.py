@@ -14,13 +14,14 @@ from typing import Any, Self
 
 import numpy as np
 
-from brokers.base import BrokerOrder
 from brokers.config import PaperConfig
 from brokers.paper import PaperBroker
-from daemon.bus import Bus
-from daemon.clock import Clock, ReplayClock
-from daemon.errors import BrokerRejected
-from daemon.events import (
+from engine.execution import OrderManager
+from kernel.broker import BrokerOrder
+from kernel.bus import Bus
+from kernel.clock import Clock, ReplayClock
+from kernel.errors import BrokerRejected
+from kernel.events import (
     BarBatch,
     Event,
     OrderFilled,
@@ -29,8 +30,7 @@ from daemon.events import (
     PlaceOrder,
     SubmitOrder,
 )
-from daemon.execution import OrderManager
-from daemon.model import (
+from kernel.model import (
     AccountSnapshot,
     BrokerPosition,
     Fill,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.events import CancelAllOrders, RiskTick, TradingStateChanged
-from daemon.model import OrderSide
+from kernel.events import CancelAllOrders, RiskTick, TradingStateChanged
+from kernel.model import OrderSide
 from portfolio.rebalance import rebalance
 from risk.config import RiskConfig
 from risk.emergency import emergency_stop, liquidate
@@ -215,8 +215,8 @@ class TestKillSwitchDay:
     def test_replay_when_env_kill_switch_then_zero_orders_all_day(self, tmp_path: Path) -> None:
         # Component-level stand-in for the app replay: a day of signals through sizing
         # and the gate with KILL_SWITCH=1 sends nothing.
-        from daemon.events import SignalBatch
-        from daemon.model import Signal
+        from kernel.events import SignalBatch
+        from kernel.model import Signal
         from risk.sizing import Sizer
 
         h = Harness()

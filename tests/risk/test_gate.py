@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.events import BrokerStatusChanged, OrderDenied, OrderIntent
-from daemon.model import OrderSide
+from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent
+from kernel.model import OrderSide
 from risk.config import RiskConfig
 from risk.market import MarketHours
 from risk.modes import ExecutionMode

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brokers.config import PaperConfig
-from daemon.events import BrokerStatusChanged, OrderApproved, OrderDenied, OrderIntent, SignalBatch
-from daemon.model import OrderSide, Signal
+from kernel.events import BrokerStatusChanged, OrderApproved, OrderDenied, OrderIntent, SignalBatch
+from kernel.model import OrderSide, Signal
 from risk.config import RiskConfig
 from risk.market import MarketHours
 from risk.sizing import Sizer

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from structlog.testing import capture_logs
 
-from daemon.events import SignalBatch
-from daemon.model import Signal
+from kernel.events import SignalBatch
+from kernel.model import Signal
 from risk.sizing import Sizer
 from tests.risk.harness import Harness
 

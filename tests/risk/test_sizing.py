@@ -11,10 +11,10 @@ from decimal import Decimal
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.clock import ReplayClock
-from daemon.events import PlaceOrder, SignalBatch, SubmitOrder
-from daemon.execution import OrderManager
-from daemon.model import OrderSide, OrderType, Signal, TimeInForce
+from engine.execution import OrderManager
+from kernel.clock import ReplayClock
+from kernel.events import PlaceOrder, SignalBatch, SubmitOrder
+from kernel.model import OrderSide, OrderType, Signal, TimeInForce
 from portfolio.book import Portfolio
 from risk.config import RiskConfig
 from risk.sizing import Sizer, target_qty

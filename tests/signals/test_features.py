@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import BarBatch
+from kernel.events import BarBatch
 from signals.bars import DenseBars
 from signals.features import (
     FEATURE_NAMES,

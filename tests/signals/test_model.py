@@ -11,10 +11,10 @@ import pytest
 import xgboost as xgb
 from structlog.testing import capture_logs
 
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.errors import ConfigError
-from daemon.events import AlertRaised, BarBatch, Event, SignalBatch
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.errors import ConfigError
+from kernel.events import AlertRaised, BarBatch, Event, SignalBatch
 from signals.artifacts import METADATA_FILE, MODEL_FILE, LoadedModel, load_model_dir
 from signals.bars import DenseBars
 from signals.config import ModelConfig

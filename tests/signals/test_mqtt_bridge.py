@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.bus import Bus
-from daemon.clock import ReplayClock
-from daemon.events import (
+from kernel.bus import Bus
+from kernel.clock import ReplayClock
+from kernel.events import (
     OrderDenied,
     OrderIntent,
     OrderSubmitted,
@@ -26,8 +26,8 @@ from daemon.events import (
     SignalRejected,
     TradingStateChanged,
 )
-from daemon.inbox import Inbox
-from daemon.model import OrderSide, OrderType, TimeInForce
+from kernel.inbox import Inbox
+from kernel.model import OrderSide, OrderType, TimeInForce
 from signals.mqtt import MqttBridge
 from tests.signals.helpers import Collector, client, eventually, mqtt_config, publish_all
 from tests.signals.mosquitto import Mosquitto
@@ -215,9 +215,9 @@ class TestEgress:
         # Arrange: a daemon-like process that dies without disconnecting
         script = textwrap.dedent(f"""
             import asyncio, os
-            from daemon.bus import Bus
-            from daemon.clock import WallClock
-            from daemon.inbox import Inbox
+            from kernel.bus import Bus
+            from kernel.clock import WallClock
+            from kernel.inbox import Inbox
             from signals.config import MqttConfig
             from signals.mqtt import MqttBridge
             async def main():

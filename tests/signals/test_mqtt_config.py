@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config.settings import load_settings
-from daemon.errors import ConfigError
+from kernel.errors import ConfigError
 from signals.config import MqttConfig
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from daemon.clock import ReplayClock
+from kernel.clock import ReplayClock
 from signals.mqtt_control import ControlRefused, ControlVerifier, sign_control
 
 SECRET = "s3cret-control-key-0123"

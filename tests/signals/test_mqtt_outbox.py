@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from structlog.testing import capture_logs
 
-from daemon.events import OrderFilled, OrderSubmitted, PositionChanged
-from daemon.model import Fill, OrderSide
+from kernel.events import OrderFilled, OrderSubmitted, PositionChanged
+from kernel.model import Fill, OrderSide
 from signals._mqtt_outbox import Outbox, Outgoing, encode_event, kind_of
 
 T0 = datetime(2024, 3, 4, 14, 40, tzinfo=UTC)

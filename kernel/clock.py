@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from daemon.events import Event
+from kernel.events import Event
 
 
 class Clock(Protocol):

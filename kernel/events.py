@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.model import (
+from kernel.model import (
     Fill,
     FloatArray,
     OrderSide,

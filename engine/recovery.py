@@ -33,22 +33,22 @@ from typing import Any
 
 import structlog
 
-from brokers.base import Broker
-from daemon.clock import Clock, ReplayClock
-from daemon.codec import EVENT_TYPES, decode
-from daemon.errors import OrderError
-from daemon.events import OrderEvent, OrderIntent, RiskTick
-from daemon.execution import OrderManager
-from daemon.journal import Journal
-from daemon.model import Fill, Position
-from daemon.orders import Order
-from daemon.reconcile import Reconciler, books_snapshot
-from daemon.stats import SessionStats
-from daemon.time import trading_day
+from engine.codec import EVENT_TYPES, decode
+from engine.execution import OrderManager
+from engine.journal import Journal
+from engine.reconcile import Reconciler, books_snapshot
+from engine.stats import SessionStats
+from kernel.broker import Broker
+from kernel.clock import Clock, ReplayClock
+from kernel.errors import OrderError
+from kernel.events import OrderEvent, OrderIntent, RiskTick
+from kernel.model import Fill, Position
+from kernel.orders import Order
+from kernel.time import trading_day
 from portfolio import Portfolio
 from risk.marks import EquityMarks
 
-log = structlog.get_logger("daemon.recovery")
+log = structlog.get_logger("engine.recovery")
 
 _TICK = Decimal("0.0001")
 ORDER_EVENT_TYPES = tuple(

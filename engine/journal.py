@@ -9,7 +9,7 @@ One table, one row per fact::
 journal's own row types (``OrderIntent``, ``Signal``, ``EquityMark``, ``BooksSnapshot``,
 ``ReconcileResult``, ``SessionStarted``, ``SessionStopped``). ``ts`` is domain time (the
 event's own timestamp, else the clock's), ``payload`` the JSON of the event's fields
-(``daemon.codec``: Decimals as strings, so money round-trips exactly).
+(``engine.codec``: Decimals as strings, so money round-trips exactly).
 
 Durability policy (the file is in WAL mode with ``synchronous=FULL``):
 
@@ -52,10 +52,10 @@ from typing import Any, Self
 
 import structlog
 
-from daemon.bus import Bus
-from daemon.clock import Clock, WallClock
-from daemon.codec import dumps
-from daemon.events import (
+from engine.codec import dumps
+from kernel.bus import Bus
+from kernel.clock import Clock, WallClock
+from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     Event,
@@ -69,9 +69,9 @@ from daemon.events import (
     SignalRejected,
     TradingStateChanged,
 )
-from daemon.logging import scrub
+from kernel.logging import scrub
 
-log = structlog.get_logger("daemon.journal")
+log = structlog.get_logger("engine.journal")
 
 JOURNAL_FILE = "journal.sqlite"
 SCHEMA_VERSION = 1

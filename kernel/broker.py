@@ -4,7 +4,7 @@ and test fakes are siblings behind this ``Broker`` protocol.
 Submission is fire-and-report: ``submit`` hands the order over and returns; what the
 broker does with it (accepted, new, fills, rejects, cancels) comes back as domain
 ``OrderEvent``s through the ``EventSink`` the broker was built with. Queries return
-snapshots used by reconciliation. Errors are ``daemon.errors.BrokerError`` subclasses.
+snapshots used by reconciliation. Errors are ``kernel.errors.BrokerError`` subclasses.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from daemon.events import Event, OrderIntent
-from daemon.model import (
+from kernel.events import Event, OrderIntent
+from kernel.model import (
     AccountSnapshot,
     BrokerPosition,
     MarketClock,
@@ -25,7 +25,7 @@ from daemon.model import (
     OrderType,
     TimeInForce,
 )
-from daemon.orders import OrderStatus
+from kernel.orders import OrderStatus
 
 # Brokers report ``OrderEvent``s and ``BrokerStatusChanged`` through the sink, always on
 # the event loop's thread (adapters with SDK threads hop with call_soon_threadsafe).

@@ -13,10 +13,10 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Self
 
-from brokers.base import Broker, BrokerFill, BrokerOrder
-from daemon.events import OrderIntent
-from daemon.journal import Journal
-from daemon.model import AccountSnapshot, BrokerPosition, MarketClock
+from engine.journal import Journal
+from kernel.broker import Broker, BrokerFill, BrokerOrder
+from kernel.events import OrderIntent
+from kernel.model import AccountSnapshot, BrokerPosition, MarketClock
 
 
 class DurableBroker:

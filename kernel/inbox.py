@@ -18,7 +18,7 @@ import asyncio
 import concurrent.futures
 from collections import deque
 
-from daemon.events import BarBatch, Message
+from kernel.events import BarBatch, Message
 
 
 class Inbox:

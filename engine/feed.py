@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from daemon.errors import ConfigError
-from daemon.events import BarBatch
+from kernel.errors import ConfigError
+from kernel.events import BarBatch
 
 COLUMNS = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
 

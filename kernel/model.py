@@ -109,6 +109,19 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionView:
+    """A position marked to its last price (read-only view for risk, status, reports)."""
+
+    symbol: str
+    qty: int
+    avg_price: Decimal
+    last_price: Decimal | None
+    market_value: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerPosition:
     """A position as the broker reports it (the source of truth for reconciliation)."""
 

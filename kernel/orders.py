@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from daemon.errors import InvalidOrderTransition, OverfillError
-from daemon.events import (
+from kernel.errors import InvalidOrderTransition, OverfillError
+from kernel.events import (
     OrderAbandoned,
     OrderAccepted,
     OrderCanceled,
@@ -31,7 +31,7 @@ from daemon.events import (
     OrderRejected,
     OrderReplaced,
 )
-from daemon.model import OrderSide, OrderType, TimeInForce
+from kernel.model import OrderSide, OrderType, TimeInForce
 
 
 class OrderStatus(enum.StrEnum):

@@ -25,16 +25,16 @@ from typing import Any, Self
 
 import structlog
 
-from brokers.base import Broker, BrokerOrder
-from daemon.clock import Clock
-from daemon.errors import (
+from kernel.broker import Broker, BrokerOrder
+from kernel.clock import Clock
+from kernel.errors import (
     AmbiguousSubmission,
     BrokerError,
     BrokerRejected,
     InvalidOrderTransition,
     OverfillError,
 )
-from daemon.events import (
+from kernel.events import (
     AlertRaised,
     CancelAllOrders,
     CancelOrder,
@@ -50,11 +50,11 @@ from daemon.events import (
     OrderSubmitted,
     SubmitOrder,
 )
-from daemon.model import OrderType
-from daemon.orders import Order, OrderStatus
-from daemon.time import trading_day
+from kernel.model import OrderType
+from kernel.orders import Order, OrderStatus
+from kernel.time import trading_day
 
-log = structlog.get_logger("daemon.execution")
+log = structlog.get_logger("engine.execution")
 
 
 class OrderManager:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from daemon.bus import Bus
-from daemon.events import (
+from kernel.bus import Bus
+from kernel.events import (
     OrderDenied,
     OrderFilled,
     OrderRejected,

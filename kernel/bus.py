@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from daemon.errors import BusError, HandlerFailed
-from daemon.events import Command, Event, Message
+from kernel.errors import BusError, HandlerFailed
+from kernel.events import Command, Event, Message
 
-log = structlog.get_logger("daemon.bus")
+log = structlog.get_logger("kernel.bus")
 
 E = TypeVar("E", bound=Event)
 C = TypeVar("C", bound=Command)

@@ -41,12 +41,14 @@ from typing import Any, Self
 
 import structlog
 
-from brokers.base import Broker, BrokerFill, BrokerOrder
-from daemon.bus import Bus
-from daemon.clock import Clock
-from daemon.codec import encode
-from daemon.errors import BrokerError
-from daemon.events import (
+from engine.codec import encode
+from engine.execution import OrderManager, reports_for
+from engine.journal import Journal
+from kernel.broker import Broker, BrokerFill, BrokerOrder
+from kernel.bus import Bus
+from kernel.clock import Clock
+from kernel.errors import BrokerError
+from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     Event,
@@ -60,13 +62,11 @@ from daemon.events import (
     ReconcileTick,
     TradingStateChanged,
 )
-from daemon.execution import OrderManager, reports_for
-from daemon.journal import Journal
-from daemon.model import AccountSnapshot, BrokerPosition, Fill, Position
-from daemon.orders import TERMINAL, Order, OrderStatus
+from kernel.model import AccountSnapshot, BrokerPosition, Fill, Position
+from kernel.orders import TERMINAL, Order, OrderStatus
 from portfolio import Portfolio
 
-log = structlog.get_logger("daemon.reconcile")
+log = structlog.get_logger("engine.reconcile")
 
 IN_FLIGHT, EXPLAINED, UNEXPLAINED = "in_flight", "explained", "unexplained"
 CASH_TOLERANCE = Decimal("0.01")

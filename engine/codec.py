@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from daemon import events as _events
+from kernel import events as _events
 
 T = TypeVar("T")
 
@@ -130,7 +130,7 @@ def _event_types() -> dict[str, type[_events.Event]]:
 
 
 EVENT_TYPES: dict[str, type[_events.Event]] = _event_types()
-"""Every event class of ``daemon.events`` by name (the journal's ``type`` column)."""
+"""Every event class of ``kernel.events`` by name (the journal's ``type`` column)."""
 
 
 __all__ = ["EVENT_TYPES", "decode", "dumps", "encode"]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# System packages the test suite needs: a real Mosquitto (MQTT tests) and Debian's
+# Chromium with its driver (the status page's browser test). Installed with apt-get when
+# missing and we are root; otherwise this names exactly what to install, and fails.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages for the tests: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  exit 0
+fi
+echo "make test needs these system packages: ${need[*]}" >&2
+echo "install them (Debian/Ubuntu): sudo apt-get install -y --no-install-recommends ${need[*]}" >&2
+exit 1
