@@ -67,6 +67,8 @@ class BrokerFill:
     price: Decimal
     ts: datetime
     commission: Decimal = Decimal(0)
+    cum_qty: int | None = None  # the order's filled quantity after this fill (identity)
+    broker_order_id: str = ""
 
 
 @runtime_checkable

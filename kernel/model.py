@@ -92,6 +92,10 @@ class Fill:
     price: Decimal
     ts: datetime
     commission: Decimal = Decimal(0)
+    # The order's cumulative filled quantity after this execution, when the broker says
+    # (Alpaca ``filled_qty`` / activity ``cum_qty``, IB ``cumQty``): with the order it
+    # identifies the fill whatever execution id each channel gives it.
+    cum_qty: int | None = None
 
     @property
     def signed_qty(self) -> int:
