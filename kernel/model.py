@@ -143,6 +143,11 @@ class AccountSnapshot:
     equity: Decimal
     buying_power: Decimal
     positions: tuple[BrokerPosition, ...] = field(default=())
+    # Equity at the end of the previous trading day, as the broker reports it (Alpaca
+    # ``last_equity``): the base of today's P&L. None when the broker does not say.
+    last_equity: Decimal | None = None
+    status: str = "ACTIVE"  # the broker's account status (Alpaca ``status``)
+    trading_blocked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
