@@ -106,11 +106,11 @@ class ParityStrategy:
             if n % 10 or prev is None:
                 continue
             target = 10 if close > prev else 0
-            delta = target - d.portfolio.qty(sym) - d.orders.working_qty(sym)
+            delta = target - d.system.portfolio.qty(sym) - d.system.orders.working_qty(sym)
             if delta == 0:
                 continue
             self._seq += 1
-            d.bus.send(PlaceOrder(OrderIntent(
+            d.system.bus.send(PlaceOrder(OrderIntent(
                 client_order_id=f"parity-{self._seq}", symbol=sym,
                 side=OrderSide.BUY if delta > 0 else OrderSide.SELL, qty=abs(delta),
                 order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY,
@@ -125,7 +125,7 @@ def instrument(daemon: Daemon) -> tuple[list[float], list[float], Callable[[], i
     to_broker: list[float] = []
     to_manager: list[float] = []
     last_batch = [0]
-    broker: Any = daemon.broker
+    broker: Any = daemon.system.broker
     original = broker.submit
 
     def on_bars(batch: BarBatch) -> None:
@@ -139,8 +139,8 @@ def instrument(daemon: Daemon) -> tuple[list[float], list[float], Callable[[], i
         await original(intent)
 
     broker.submit = timed_submit
-    daemon.bus.subscribe(BarBatch, on_bars)
-    daemon.bus.subscribe(OrderSubmitted, on_submitted)
+    daemon.system.bus.subscribe(BarBatch, on_bars)
+    daemon.system.bus.subscribe(OrderSubmitted, on_submitted)
     return to_broker, to_manager, lambda: len(to_broker)
 
 
@@ -169,16 +169,16 @@ async def run(workload: str, days: int, symbols: int) -> dict[str, Any]:
     })
     daemon = Daemon(settings)
     if workload == "parity":
-        daemon.bus.subscribe(BarBatch, ParityStrategy(daemon).on_bars)
+        daemon.system.bus.subscribe(BarBatch, ParityStrategy(daemon).on_bars)
     latencies, handoff, orders = instrument(daemon)
     t0 = time.perf_counter()
     code = await daemon.run()
     elapsed = time.perf_counter() - t0
     assert code == 0, f"daemon exited {code}"
-    rows = daemon.stats.bar_rows
+    rows = daemon.system.stats.bar_rows
     return {
         "workload": workload, "symbols": symbols, "days": days, "bars": rows,
-        "batches": daemon.stats.bar_batches, "orders": orders(), "fills": daemon.stats.fills,
+        "batches": daemon.system.stats.bar_batches, "orders": orders(), "fills": daemon.system.stats.fills,
         "seconds": round(elapsed, 3), "bars_per_s": round(rows / elapsed),
         "orders_per_s": round(orders() / elapsed, 1),
         "latency_p50_us": round(percentile(latencies, 50), 1),

@@ -62,6 +62,11 @@ class BarTape:
         return len(self._ts)
 
     @property
+    def first_ts(self) -> datetime | None:
+        """The first bar's start, or None for an empty tape."""
+        return self._stamps[0] if self._stamps else None
+
+    @property
     def symbols(self) -> list[str]:
         return sorted(set(self._sym.tolist()))
 

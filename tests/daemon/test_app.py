@@ -32,7 +32,7 @@ class TestReplayEndToEnd:
         # Arrange
         settings = _settings(tmp_path, require(SAMPLE_CSV))
         daemon = Daemon(settings)  # type: ignore[arg-type]
-        broker = daemon.broker
+        broker = daemon.system.broker
         assert isinstance(broker, PaperBroker)
         fills_by_symbol: dict[str, int] = defaultdict(int)
         last_close: dict[str, float] = {}
@@ -44,12 +44,12 @@ class TestReplayEndToEnd:
         def on_bars(b: BarBatch) -> None:
             last_close.update(zip(b.symbols, b.close.tolist(), strict=True))
 
-        daemon.bus.subscribe(OrderFilled, on_fill)
-        daemon.bus.subscribe(BarBatch, on_bars)
+        daemon.system.bus.subscribe(OrderFilled, on_fill)
+        daemon.system.bus.subscribe(BarBatch, on_bars)
 
         async def check(batch: BarBatch) -> None:
             nonlocal checked
-            book = daemon.portfolio
+            book = daemon.system.portfolio
             account = await broker.account()
             held = {p.symbol: p.qty for p in await broker.positions()}
             # every position equals the sum of its fills, on both sides
@@ -71,12 +71,12 @@ class TestReplayEndToEnd:
 
         # Assert
         assert code == 0
-        assert checked == daemon.stats.bar_batches > 1000
-        assert daemon.stats.orders > 0 and daemon.stats.fills > 0
+        assert checked == daemon.system.stats.bar_batches > 1000
+        assert daemon.system.stats.orders > 0 and daemon.system.stats.fills > 0
         summary = [e for e in logs if e["event"] == "daemon.session_summary"]
-        assert len(summary) == 1 and summary[0]["fills"] == daemon.stats.fills
+        assert len(summary) == 1 and summary[0]["fills"] == daemon.system.stats.fills
         status = read_status(tmp_path / "state")
-        assert status is not None and status["cash"] == str(daemon.portfolio.cash.quantize(
+        assert status is not None and status["cash"] == str(daemon.system.portfolio.cash.quantize(
             Decimal("0.0001")))
 
     async def test_replay_when_signal_would_exceed_cap_then_order_is_capped(
@@ -89,7 +89,7 @@ class TestReplayEndToEnd:
             assert await daemon.run() == 0
         capped = [e for e in logs if e["event"] == "sizing.capped"]
         assert capped, "a 50% position on $100k must hit the $1,000 order cap"
-        for order in daemon.orders.orders.values():
+        for order in daemon.system.orders.orders.values():
             assert order.reference_price is not None
             assert order.reference_price * order.qty <= 1000
 

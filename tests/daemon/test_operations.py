@@ -37,13 +37,13 @@ class TestKillSwitch:
         daemon = _daemon(tmp_path, environ={"KILL_SWITCH": "1"})
         with capture_logs() as logs:
             assert await daemon.run() == 0
-        assert daemon.stats.signals > 0
-        assert await daemon.broker.open_orders() == []
-        assert await daemon.broker.fills_since(demodata.datetime(2000, 1, 1,
+        assert daemon.system.stats.signals > 0
+        assert await daemon.system.broker.open_orders() == []
+        assert await daemon.system.broker.fills_since(demodata.datetime(2000, 1, 1,
                                                tzinfo=demodata.NEW_YORK)) == []
-        assert daemon.stats.orders == 0
-        assert daemon.stats.denied["KILL_SWITCH"] > 0
-        assert set(daemon.stats.denied) == {"KILL_SWITCH"}
+        assert daemon.system.stats.orders == 0
+        assert daemon.system.stats.denied["KILL_SWITCH"] > 0
+        assert set(daemon.system.stats.denied) == {"KILL_SWITCH"}
         assert any(e["event"] == "gate.reject" and e["reason"] == "KILL_SWITCH" for e in logs)
 
     async def test_replay_when_kill_switch_file_appears_then_halted_within_one_second(
@@ -57,20 +57,20 @@ class TestKillSwitch:
             if e.new == "HALTED":
                 halted_at.append(time.monotonic())
 
-        daemon.bus.subscribe(TradingStateChanged, on_state)
+        daemon.system.bus.subscribe(TradingStateChanged, on_state)
 
         async def drop_file(batch: BarBatch) -> None:
-            if daemon.stats.bar_batches == 5:
+            if daemon.system.stats.bar_batches == 5:
                 daemon.settings.daemon.kill_switch_path.write_text("halt\n")
                 created_at.append(time.monotonic())
-            if daemon.stats.bar_batches == 25:
+            if daemon.system.stats.bar_batches == 25:
                 daemon.request_stop("test done")
 
         daemon.after_batch.append(drop_file)
         assert await daemon.run() == 0
         assert created_at and halted_at
         assert 0 <= halted_at[0] - created_at[0] < 1.0
-        assert daemon.risk_state.snapshot()["state"] == "HALTED"
+        assert daemon.system.risk_state.snapshot()["state"] == "HALTED"
 
 
 class TestLiquidate:
@@ -88,16 +88,16 @@ class TestLiquidate:
             daemon.request_stop("liquidated")
 
         async def trigger(batch: BarBatch) -> None:
-            if daemon.stats.bar_batches == 70:
-                held_before.append(len(await daemon.broker.positions()))
+            if daemon.system.stats.bar_batches == 70:
+                held_before.append(len(await daemon.system.broker.positions()))
                 asyncio.get_running_loop().create_task(liquidate_then_stop())
 
         daemon.after_batch.append(trigger)
         assert await daemon.run() == 0
         assert held_before and held_before[0] > 0, "the demo session must hold positions"
         assert replies and replies[0]["ok"], replies
-        assert await daemon.broker.positions() == []
-        assert daemon.risk_state.snapshot()["state"] == "HALTED"
+        assert await daemon.system.broker.positions() == []
+        assert daemon.system.risk_state.snapshot()["state"] == "HALTED"
 
 
 class TestCli:
@@ -118,8 +118,8 @@ class TestShutdown:
         stopped_with_open: list[int] = []
 
         async def stop_after_orders(batch: BarBatch) -> None:
-            if daemon.stats.orders and not stopped_with_open:
-                open_now = len(await daemon.broker.open_orders())
+            if daemon.system.stats.orders and not stopped_with_open:
+                open_now = len(await daemon.system.broker.open_orders())
                 if open_now:
                     stopped_with_open.append(open_now)
                     daemon.request_stop("test")

@@ -110,7 +110,7 @@ class TestEndToEnd:
         assert fill["client_order_id"] == cid
         (position,) = seen.on("tradingd/events/positions")
         assert (position["symbol"], position["qty"]) == ("AAPL", 5)
-        assert daemon.stats.orders == 1 and daemon.portfolio.qty("AAPL") == 5
+        assert daemon.system.stats.orders == 1 and daemon.system.portfolio.qty("AAPL") == 5
         assert fill["fill"]["price"] == "150.0300"  # next bar's open + 2 bps slippage
 
 
@@ -179,9 +179,9 @@ class TestFuzz:
             assert not task.done()
         assert task.result() == 0
         assert bridge.stats.rejected_total == n, bridge.stats.rejected
-        assert sum(daemon.stats.signal_rejects.values()) == n
-        assert bridge.stats.accepted_signals == 0 and daemon.stats.signals == 0
-        assert daemon.stats.orders == 0 and not daemon.orders.orders
+        assert sum(daemon.system.stats.signal_rejects.values()) == n
+        assert bridge.stats.accepted_signals == 0 and daemon.system.stats.signals == 0
+        assert daemon.system.stats.orders == 0 and not daemon.system.orders.orders
         assert {"MALFORMED_JSON", "SCHEMA", "TOO_LARGE", "NON_FINITE",
                 "OUT_OF_RANGE"} <= set(bridge.stats.rejected)
         assert time.monotonic() - t0 < 45
@@ -215,7 +215,7 @@ class TestControl:
                     "not-the-secret", target="tradingd", cmd="halt", ts=now()), qos=1)
                 await op.publish("tradingd/control", b'{"cmd": "halt"}', qos=1)
                 await eventually(lambda: sum(bridge.stats.control_refused.values()) == 3)
-                assert daemon.risk_state.state == "ACTIVE"
+                assert daemon.system.risk_state.state == "ACTIVE"
                 # Act 2: a producer may not publish control at all, even correctly signed:
                 # the broker's ACL refuses it (Mosquitto 2 may also drop the connection)
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -225,19 +225,19 @@ class TestControl:
                             SECRET, target="tradingd", cmd="halt", ts=now()), qos=1)
                 await producer.publish("tradingd/signals", seed(daemon, id="warmup"), qos=1)
                 await eventually(lambda: bridge.stats.received == 1)
-                assert daemon.risk_state.state == "ACTIVE"
+                assert daemon.system.risk_state.state == "ACTIVE"
                 assert bridge.stats.control_accepted == 0
-                await eventually(lambda: daemon.portfolio.qty("AAPL") == 5)  # bought, filled
+                await eventually(lambda: daemon.system.portfolio.qty("AAPL") == 5)  # bought, filled
                 # Act 3: the operator's correctly signed halt
                 signed = sign_control(SECRET, target="tradingd", cmd="halt", ts=now(),
                                       args={"why": "test"})
                 await op.publish("tradingd/control", signed, qos=1)
-                await eventually(lambda: daemon.risk_state.state == "HALTED")
+                await eventually(lambda: daemon.system.risk_state.state == "HALTED")
                 await producer.publish("tradingd/signals", seed(daemon, id="after-halt",
                                                                 signals={"MSFT": 0.2},
                                                                 prices={"MSFT": 300.0}),
                                        qos=1)
-                await eventually(lambda: daemon.stats.denied["TRADING_HALTED"] == 1)
+                await eventually(lambda: daemon.system.stats.denied["TRADING_HALTED"] == 1)
                 await seen.wait_for(lambda: len(seen.on("tradingd/events/rejects")) == 1)
                 # Act 4: the same signed message again is a replay
                 await op.publish("tradingd/control", signed, qos=1)
@@ -247,7 +247,7 @@ class TestControl:
         assert [e["reason"] for e in refused] == ["BAD_SIGNATURE", "BAD_SIGNATURE",
                                                   "MALFORMED", "REPLAY"]
         assert bridge.stats.control_accepted == 1
-        assert daemon.stats.orders == 1  # the warm-up buy only; nothing after the halt
+        assert daemon.system.stats.orders == 1  # the warm-up buy only; nothing after the halt
         assert not any(SECRET in json.dumps(e, default=str) for e in logs)
         (deny,) = seen.on("tradingd/events/rejects")
         assert deny["reason"] == "TRADING_HALTED" and deny["intent"]["symbol"] == "MSFT"

@@ -1,0 +1,383 @@
+"""One broker account as a unit: a ``TradingSystem``, built by ``build_system``.
+
+A trading system is everything that belongs to one broker account, wired on its own bus:
+the broker adapter, the order manager, the portfolio, the trading state, the gate, the
+risk monitor, the execution modes, the kill switch, sizing, the journal, the reconciler,
+the equity marker and the session counters. The daemon builds one per configured account
+with ``build_system`` — and so does every test that needs one: there is no other wiring.
+
+Flow on a system's bus::
+
+    BarBatch -> (paper matching) -> portfolio marks -> gate marks
+    SignalBatch -> sizing -> PlaceOrder -> gate -> SubmitOrder -> order manager -> broker
+    broker reports -> order manager -> OrderFilled -> portfolio -> journal, stats
+
+The daemon feeds it the market's bar batches (``on_bars``) and the signal batches routed
+to this account (``on_signals``), drives its timers (``check_timers``), and enters it
+(``async with``) for its lifetime: journal first (closed last), then broker, order manager
+and reconciler. On the way out, once the broker has closed its streams, the final books
+are journaled. ``start_books`` rebuilds the session from the journal and reconciles with
+the broker before any signal may pass the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from brokers.config import BrokerConfig
+from brokers.factory import create_broker
+from engine.config import DaemonConfig
+from engine.durable import DurableBroker
+from engine.execution import OrderManager
+from engine.journal import JOURNAL_FILE, Journal
+from engine.reconcile import Reconciler, books_snapshot
+from engine.recovery import EquityMarker, Recovered, recover
+from engine.stats import SessionStats
+from kernel.broker import Broker
+from kernel.bus import Bus
+from kernel.clock import Clock, Timers
+from kernel.errors import HandlerFailed
+from kernel.events import (
+    BarBatch,
+    CancelAllOrders,
+    CancelOrder,
+    Event,
+    OrderFilled,
+    ReconcileTick,
+    RiskTick,
+    SignalBatch,
+    SubmitOrder,
+)
+from kernel.model import CENT
+from portfolio import Portfolio
+from risk.config import RiskConfig
+from risk.controls import Handler, register_controls
+from risk.emergency import LiquidationResult, liquidate
+from risk.gate import Gate
+from risk.killswitch import KillSwitch
+from risk.market import MarketHours
+from risk.marks import EquityMarks
+from risk.modes import ExecutionModes
+from risk.monitor import RiskMonitor
+from risk.sizing import Sizer
+from risk.state import TradingState, TradingStatus
+from risk.wiring import wire_risk
+
+log = structlog.get_logger("engine.system")
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """What distinguishes one account: its name, broker, limits and state directory."""
+
+    name: str
+    broker: BrokerConfig
+    risk: RiskConfig
+    state_dir: Path
+
+
+class TradingSystem:
+    """One broker account and everything that trades it (see the module doc)."""
+
+    def __init__(
+        self,
+        spec: SystemSpec,
+        *,
+        daemon: DaemonConfig,
+        clock: Clock,
+        environ: Mapping[str, str],
+        on_failure: Callable[[BaseException], None] | None = None,
+        broker: Broker | None = None,
+        journaling: bool = True,
+        market: MarketHours | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.cfg = daemon
+        self.clock = clock
+        self.failure: BaseException | None = None
+        self._notify_failure = on_failure
+        self.bus = Bus(on_failure=self._on_bus_failure)
+        self.stats = SessionStats()
+        self.stop_reason = ""
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._stack = contextlib.AsyncExitStack()
+        self.broker: Broker = broker or create_broker(
+            spec.broker, clock=clock, sink=self._on_broker_event, state_dir=spec.state_dir)
+        self.portfolio = Portfolio(spec.broker.paper.initial_cash, publish=self.bus.publish)
+        # journaling=False exists for the journal benchmark only: no journal, no recovery.
+        self.journal = (Journal(spec.state_dir / JOURNAL_FILE, clock=clock, group_commit=True)
+                        if journaling else None)
+        # The order manager submits through DurableBroker: each intent is fsynced before
+        # its broker call, one fsync per burst of intents (see engine.journal).
+        submitter = DurableBroker(self.broker, self.journal) if self.journal else self.broker
+        self.orders = OrderManager(submitter, clock=clock, publish=self.bus.publish,
+                                   submit_timeout=daemon.execution_timeout_secs,
+                                   on_intent=self.journal.record_intent if self.journal else None)
+        self.risk_state = TradingStatus(clock=clock, publish=self.bus.publish)
+        self.reconciler = Reconciler(
+            self.broker, orders=self.orders, portfolio=self.portfolio, clock=clock,
+            publish=self.bus.publish, journal=self.journal,
+            trading_state=lambda: str(self.risk_state.state), on_failure=self._on_failure,
+            grace_secs=daemon.execution_timeout_secs)
+        self.marks = EquityMarks()  # start-of-day and peak equity: one copy, shared
+        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, clock, self.marks)
+        self.recovered: Recovered | None = None
+        self.market = market if market is not None else MarketHours()
+        self._build_risk(spec.risk, environ)
+        self.timers = Timers(clock, self.bus.publish)
+        self.controls: dict[str, Handler] = {}
+        register_controls(self.controls.__setitem__, state=self.risk_state,
+                          killswitch=self.killswitch, modes=self.modes, gate=self.gate,
+                          send=self.bus.send, liquidate=self.liquidate)
+        self._wire()
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def _build_risk(self, cfg: RiskConfig, environ: Mapping[str, str]) -> None:
+        bus, clock = self.bus, self.clock
+        self.killswitch = KillSwitch(state=self.risk_state, path=self.cfg.kill_switch_path,
+                                     environ=environ)
+        self.modes = ExecutionModes(
+            self.cfg.execution_mode, clock=clock, approval_notional=cfg.approval_notional,
+            send=bus.send,
+            on_emergency=lambda why: self.spawn(self.liquidate(why), "risk.liquidate"))
+        self.gate = Gate(cfg, clock=clock, portfolio=self.portfolio, orders=self.orders,
+                         state=self.risk_state, publish=bus.publish, send=bus.send,
+                         market=self.market, modes=self.modes, marks=self.marks)
+        self.monitor = RiskMonitor(cfg, clock=clock, portfolio=self.portfolio,
+                                   orders=self.orders, state=self.risk_state, marks=self.marks,
+                                   publish=bus.publish, send=bus.send)
+        self.sizer = Sizer(cfg, equity=self.portfolio.equity, holding=self._holding,
+                           send=bus.send)
+
+    def _wire(self) -> None:
+        bus, cfg = self.bus, self.cfg
+        if self.journal is not None:
+            self.journal.attach(bus)
+        on_bars = getattr(self.broker, "on_bars", None)
+        if on_bars is not None:  # the paper broker matches orders against each bar first
+            bus.subscribe(BarBatch, on_bars)
+        bus.subscribe(BarBatch, self.portfolio.on_bars)
+        bus.subscribe(BarBatch, self._count_batch)
+        bus.subscribe(SignalBatch, self.sizer.on_signals)
+        wire_risk(bus, gate=self.gate, state=self.risk_state, monitor=self.monitor)
+        bus.register(SubmitOrder, self.orders.execute_submit)
+        bus.register(CancelOrder, self.orders.execute_cancel)
+        bus.register(CancelAllOrders, self.orders.execute_cancel_all)
+        bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        bus.subscribe(RiskTick, self.marker.on_tick)
+        self.reconciler.attach(bus)
+        self.stats.attach(bus)
+        # Reconciliation looks for drift at the broker, which happens in wall time: in a
+        # fast replay it runs at most once a wall second (start-up and recovery passes
+        # are not timers and always run).
+        self.timers.every("reconcile", cfg.reconcile_interval_secs,
+                          lambda ts: ReconcileTick(ts=ts), min_wall_secs=1.0)
+        self.timers.every("risk", cfg.risk_interval_secs, lambda ts: RiskTick(ts=ts))
+
+    def _holding(self, symbol: str) -> int:
+        return self.portfolio.qty(symbol) + self.orders.working_qty(symbol)
+
+    def _count_batch(self, batch: BarBatch) -> None:
+        self.stats.bar_batches += 1
+        self.stats.bar_rows += len(batch.symbols)
+
+    def _on_broker_event(self, event: Event) -> None:
+        """Broker reports arrive here on the loop thread; the order manager owns them."""
+        self.orders.on_report(event)
+
+    def _on_bus_failure(self, failure: HandlerFailed) -> None:
+        self._on_failure(failure)
+
+    def _on_failure(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        if self._notify_failure is not None:
+            self._notify_failure(exc)
+
+    # -- inputs from the daemon ----------------------------------------------------------
+
+    def on_bars(self, batch: BarBatch) -> None:
+        self.bus.publish(batch)
+
+    def on_signals(self, batch: SignalBatch) -> None:
+        self.bus.publish(batch)
+
+    def check_timers(self) -> int:
+        return self.timers.check()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` as a named side task; its failure stops the daemon."""
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_task_done)
+
+    def _side_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            log.error("system.task_failed", account=self.name, task=task.get_name(),
+                      error=repr(exc))
+            self._on_failure(exc)
+
+    async def liquidate(self, why: str) -> LiquidationResult:
+        return await liquidate(cfg=self.spec.risk, state=self.risk_state, send=self.bus.send,
+                               orders=self.orders, portfolio=self.portfolio,
+                               market=self.market, clock=self.clock, why=why)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        stack = self._stack
+        try:
+            # The journal is entered first so it is closed (flushed) last.
+            if self.journal is not None:
+                await stack.enter_async_context(self.journal)
+            # Runs after the broker has closed its streams (every report it handed over
+            # is applied) and before the journal closes: the books are final.
+            stack.push_async_callback(self._final_books)
+            for component in (self.broker, self.orders, self.reconciler):
+                await stack.enter_async_context(component)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        tasks = list(self._side_tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stack.aclose()
+
+    @property
+    def worker(self) -> asyncio.Task[None] | None:
+        """The order manager's submission task (a dead worker stops the daemon)."""
+        return self.orders.worker
+
+    @property
+    def ready(self) -> bool:
+        """True once the books are reconciled with the broker (the gate denies
+        ``RECONCILING`` while False)."""
+        return self.reconciler.ready
+
+    async def refresh_market_clock(self) -> None:
+        """The gate prefers the broker's clock for MARKET_CLOSED when the broker has one."""
+        try:
+            self.market.set_broker_clock(await self.broker.clock())
+        except Exception as exc:  # a failed clock read keeps the calendar in charge
+            log.warning("market.clock_failed", account=self.name, error=repr(exc))
+
+    async def start_books(self) -> None:
+        """Rebuild the session from the journal and reconcile it with the broker (the
+        source of truth for cash and positions) before any signal is accepted. The
+        reconciler's readiness is what lets the gate stop denying RECONCILING."""
+        if self.journal is None:
+            account = await self.broker.account()
+            self.portfolio.restore(account.cash, await self.broker.positions())
+            await self.reconciler.reconcile("start", gate=True, startup=True)
+        else:
+            self.journal.append("SessionStarted", {"pid": os.getpid(), "account": self.name,
+                                                   "broker": self.broker.name}, durable=True)
+            self.recovered = await recover(
+                journal=self.journal, broker=self.broker, orders=self.orders,
+                portfolio=self.portfolio, stats=self.stats, marker=self.marker,
+                reconciler=self.reconciler, clock=self.clock)
+            self._restore_risk(self.recovered)
+        self.gate.invalidate()
+        log.info("portfolio.restored", account=self.name, cash=str(self.portfolio.cash),
+                 equity=str(self.portfolio.equity()), positions=len(self.portfolio.positions))
+
+    def _restore_risk(self, recovered: Recovered) -> None:
+        """A halt survives a restart (the equity marks were restored by recovery)."""
+        was = recovered.trading_state
+        if was and was != str(self.risk_state.state):
+            self.risk_state.request(TradingState(was), who="recovery",
+                                    why=f"trading state before the restart was {was}")
+
+    async def _final_books(self) -> None:
+        await asyncio.sleep(0)  # reports scheduled onto the loop while the broker closed
+        if self.journal is not None and self.journal.is_open:
+            now = self.clock.now()
+            self.marker.mark(now)
+            self.journal.append("BooksSnapshot", books_snapshot(self.portfolio), ts=now)
+            self.journal.append("SessionStopped", {"reason": self.stop_reason}, ts=now,
+                                durable=True)
+
+    # -- status --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        p = self.portfolio
+        start = self.marks.start_of_day
+        return {
+            **self.stats.as_dict(),
+            "open_orders": len(self.orders.open_orders()),
+            "cash": str(p.cash),
+            "equity": str(p.equity().quantize(CENT)),
+            "realized_pnl": str(p.realized_pnl().quantize(CENT)),
+            "unrealized_pnl": str(p.unrealized_pnl().quantize(CENT)),
+            "pnl": str((p.equity() - (start if start is not None
+                                      else self.spec.broker.paper.initial_cash))
+                       .quantize(CENT)),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "trading_state": self.risk_state.snapshot()["state"],
+            "ready": self.ready,
+            "risk": self.risk_state.snapshot(),
+            "execution_mode": str(self.modes.mode),
+            "broker": self.broker.name,
+            **self.portfolio.snapshot(),
+            "open_orders": [
+                {"client_order_id": o.client_order_id, "symbol": o.symbol, "side": str(o.side),
+                 "qty": o.qty, "filled_qty": o.filled_qty, "status": str(o.status)}
+                for o in self.orders.open_orders()
+            ],
+            "counters": {**self.stats.as_dict(), "orders_today": self.orders.orders_today(),
+                         **self.marker.counters()},
+        }
+
+    async def settled(self, *, market: bool) -> None:
+        await self.orders.settled(market=market)
+
+    def in_flight(self, *, market: bool) -> int:
+        return self.orders.in_flight(market=market)
+
+
+def build_system(
+    spec: SystemSpec,
+    *,
+    daemon: DaemonConfig,
+    clock: Clock,
+    environ: Mapping[str, str] | None = None,
+    on_failure: Callable[[BaseException], None] | None = None,
+    broker: Broker | None = None,
+    journaling: bool = True,
+    market: MarketHours | None = None,
+) -> TradingSystem:
+    """The one way to wire an account: the daemon and the tests both call this.
+
+    ``broker`` replaces the configured one (a test's fake); ``on_failure`` is told about
+    any handler or side task that raises (the daemon stops in order). Without it the
+    failure is kept in ``TradingSystem.failure`` (tests assert on it).
+    """
+    return TradingSystem(spec, daemon=daemon, clock=clock,
+                         environ=dict(os.environ if environ is None else environ),
+                         on_failure=on_failure, broker=broker, journaling=journaling,
+                         market=market)
+
+
+__all__ = ["SystemSpec", "TradingSystem", "build_system"]
