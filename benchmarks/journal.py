@@ -71,7 +71,8 @@ async def replay_once(csv: Path, state: Path, journaling: bool) -> tuple[float, 
     code = await daemon.run()
     elapsed = time.perf_counter() - t0
     assert code == 0, f"daemon exited {code}"
-    return daemon.system.stats.bar_rows / elapsed, daemon.system.stats.orders, daemon.system.stats.fills
+    stats = daemon.system.stats
+    return stats.bar_rows / elapsed, stats.orders, stats.fills
 
 
 def replay_overhead(days: int, symbols: int, rounds: int, tmp: Path) -> dict[str, Any]:

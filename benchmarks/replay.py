@@ -178,7 +178,8 @@ async def run(workload: str, days: int, symbols: int) -> dict[str, Any]:
     rows = daemon.system.stats.bar_rows
     return {
         "workload": workload, "symbols": symbols, "days": days, "bars": rows,
-        "batches": daemon.system.stats.bar_batches, "orders": orders(), "fills": daemon.system.stats.fills,
+        "batches": daemon.system.stats.bar_batches, "orders": orders(),
+        "fills": daemon.system.stats.fills,
         "seconds": round(elapsed, 3), "bars_per_s": round(rows / elapsed),
         "orders_per_s": round(orders() / elapsed, 1),
         "latency_p50_us": round(percentile(latencies, 50), 1),
