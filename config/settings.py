@@ -27,9 +27,10 @@ from pydantic_settings import (
 )
 
 from brokers.config import BrokerConfig
-from engine.config import DaemonConfig, FeedConfig
+from engine.accounts import account_specs, check_routing
+from engine.config import AccountConfig, DaemonConfig, FeedConfig, RoutingConfig
 from kernel.errors import ConfigError
-from risk.config import RiskConfig
+from risk.config import GlobalRiskConfig, RiskConfig
 from signals.config import SignalsConfig
 
 ENV_PREFIX = "TRADINGD_"
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     risk: RiskConfig = RiskConfig()
     feed: FeedConfig = FeedConfig()
     signals: SignalsConfig = SignalsConfig()
+    accounts: list[AccountConfig] = []
+    routing: RoutingConfig = RoutingConfig()
+    global_risk: GlobalRiskConfig = GlobalRiskConfig()
 
 
 def default_config_path() -> Path:
@@ -119,6 +123,10 @@ def load_settings(
         raise _config_error(exc, env) from None
     settings = Settings.model_construct(**{k: getattr(built, k) for k in Settings.model_fields})
     _check_live(settings, env)
+    # Each account's broker, credentials and limits must resolve now, not at connect time.
+    account_specs(settings.accounts, broker=settings.broker, risk=settings.risk,
+                  state_dir=settings.daemon.state_dir, environ=env)
+    check_routing(settings.routing, settings.accounts)
     return settings
 
 

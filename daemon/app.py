@@ -39,17 +39,17 @@ from config.settings import Settings
 from daemon.control import ControlServer
 from daemon.replay import ReplayDriver, open_tape
 from daemon.supervisor import Supervisor
-from engine.system import SystemSpec, TradingSystem, build_system
+from engine.accounts import account_specs
+from engine.routing import Accounts
+from engine.system import TradingSystem, build_system
 from kernel.broker import Broker
 from kernel.bus import Bus
 from kernel.clock import Clock, ReplayClock, WallClock
 from kernel.errors import HandlerFailed
 from kernel.events import (
     BarBatch,
-    BrokerStatusChanged,
     Event,
     Message,
-    OrderEvent,
     ReconcileTick,
     SignalBatch,
 )
@@ -85,22 +85,23 @@ class Daemon:
         self.bus = Bus(on_failure=self._on_bus_failure)
         self.inbox = Inbox(settings.feed.queue_size)
         self.market = MarketHours()
-        self.systems: list[TradingSystem] = [
-            build_system(spec, daemon=settings.daemon, clock=self.clock, environ=self.environ,
-                         on_failure=self.supervisor.fail, broker=broker, journaling=journaling,
-                         market=self.market)
-            for spec in self._specs()
-        ]
+        self.accounts = Accounts(settings.routing, settings.accounts)
+        specs = account_specs(settings.accounts, broker=settings.broker, risk=settings.risk,
+                              state_dir=self.state_dir, environ=self.environ)
+        if broker is not None and len(specs) > 1:
+            raise ValueError("an injected broker replaces the one account's broker")
+        for spec in specs:
+            self.accounts.add(build_system(
+                spec, daemon=settings.daemon, clock=self.clock, environ=self.environ,
+                on_failure=self.supervisor.fail, broker=broker, journaling=journaling,
+                market=self.market, totals=self.accounts if len(specs) > 1 else None,
+                global_risk=settings.global_risk))
+        self.systems = self.accounts.systems
         self.control = ControlServer(self.state_dir)
         self.replay = self._replay_driver() if self.replaying else None
         self._status_written = 0.0
         self._wire()
         self.mqtt = self._mqtt_bridge()
-
-    def _specs(self) -> list[SystemSpec]:
-        s = self.settings
-        return [SystemSpec(name=s.broker.kind, broker=s.broker, risk=s.risk,
-                           state_dir=self.state_dir)]
 
     # -- the primary account (single-account views, tests) ------------------------------
 
@@ -143,8 +144,8 @@ class Daemon:
             system.on_bars(batch)
 
     def _route(self, batch: SignalBatch) -> None:
-        for system in self.systems:
-            system.on_signals(batch)
+        for system, share in self.accounts.route(batch):
+            system.on_signals(share)
 
     @staticmethod
     def _clock_refresher(system: TradingSystem) -> Callable[[ReconcileTick], None]:
@@ -154,8 +155,21 @@ class Daemon:
         return refresh
 
     def _control_all(self, name: str) -> Callable[[dict[str, Any]], Any]:
+        """``name`` on one account (``{"account": ...}``) or on every account."""
+
         async def handler(args: dict[str, Any]) -> dict[str, Any]:
-            return await self.system.controls[name](args)
+            account = args.get("account")
+            if account is not None:
+                system = self.accounts.get(str(account))
+                if system is None:
+                    raise KeyError(f"no account {account!r} (accounts: {self.accounts.names})")
+                targets = [system]
+            else:
+                targets = self.systems
+            replies = {s.name: await s.controls[name](args) for s in targets}
+            if len(self.systems) == 1:
+                return replies[self.system.name]
+            return {"accounts": replies}
 
         return handler
 
@@ -166,10 +180,13 @@ class Daemon:
             return None
         from signals.mqtt import MqttBridge
 
-        return MqttBridge(cfg, clock=self.clock, bus=self.system.bus, inbox=self.inbox,
-                          control=self.control.handlers, orders=self.system.orders.orders,
-                          trading_state=str(self.system.risk_state.state),
-                          on_failure=self.supervisor.fail)
+        bridge = MqttBridge(cfg, clock=self.clock, bus=self.system.bus, inbox=self.inbox,
+                            control=self.control.handlers, orders=self.system.orders.orders,
+                            trading_state=str(self.system.risk_state.state),
+                            on_failure=self.supervisor.fail)
+        for system in self.systems[1:]:
+            bridge.follow(system.bus)
+        return bridge
 
     def _replay_driver(self) -> ReplayDriver:
         assert isinstance(self.clock, ReplayClock)
@@ -239,7 +256,7 @@ class Daemon:
             log.warning("daemon.LIVE_TRADING", mode="live", broker=self.settings.broker.kind,
                         message="LIVE TRADING WITH REAL MONEY IS ENABLED")
         log.info("daemon.start", mode=d.mode, broker=self.settings.broker.kind,
-                 accounts=[s.name for s in self.systems],
+                 accounts={s.name: s.spec.broker.kind for s in self.systems},
                  execution_mode=d.execution_mode, feed=self.settings.feed.source,
                  replay=str(self.settings.feed.replay or "demo"), speed=self.settings.feed.speed,
                  state_dir=str(d.state_dir), pid=os.getpid())
@@ -250,7 +267,10 @@ class Daemon:
             return contextlib.nullcontext()
         from brokers.alpaca import AlpacaBarFeed
 
-        return AlpacaBarFeed(self.settings.broker.alpaca, symbols=self.settings.feed.symbols,
+        # The data feed uses the first Alpaca account's keys and URLs.
+        alpaca = next((s.spec.broker.alpaca for s in self.systems
+                       if s.spec.broker.kind == "alpaca"), self.settings.broker.alpaca)
+        return AlpacaBarFeed(alpaca, symbols=self.settings.feed.symbols,
                              on_batch=self.inbox.put_bars)
 
     async def _start_books(self) -> None:
@@ -277,9 +297,7 @@ class Daemon:
             self.route(await self.inbox.get())
 
     def route(self, msg: Message) -> None:
-        if isinstance(msg, OrderEvent | BrokerStatusChanged):
-            self.system.orders.on_report(msg)
-        elif isinstance(msg, BarBatch):
+        if isinstance(msg, BarBatch):
             self.on_bar_batch(msg)
         elif isinstance(msg, Event):
             self.bus.publish(msg)
@@ -330,11 +348,24 @@ class Daemon:
     # -- status --------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        return self.system.summary()
+        if len(self.systems) == 1:
+            return self.system.summary()
+        return {**self.accounts.total(), "accounts": {s.name: s.summary() for s in self.systems},
+                "route_refused": dict(self.accounts.refused)}
 
     def status(self) -> dict[str, Any]:
-        return {**self.system.status(), "mode": self.settings.daemon.mode,
-                "clock": self.clock.now().isoformat()}
+        """The single account's document (its keys as they always were); with several
+        accounts, the totals at the top, the most restrictive trading state, and each
+        account's document under ``accounts``."""
+        common = {"mode": self.settings.daemon.mode, "clock": self.clock.now().isoformat()}
+        if len(self.systems) == 1:
+            return {**self.system.status(), **common}
+        accounts = {s.name: s.status() for s in self.systems}
+        rank = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
+        worst = max((a["trading_state"] for a in accounts.values()), key=lambda x: rank[x])
+        return {"trading_state": worst, "ready": self.ready, **common,
+                **self.accounts.total(), "accounts": accounts,
+                "route_refused": dict(self.accounts.refused)}
 
     async def _ctl_status(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"running": True, **self.status()}

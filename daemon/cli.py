@@ -130,8 +130,12 @@ def _open_journal(args: argparse.Namespace) -> Any:
     # stdout carries the answer (tables, JSON, CSV); log lines go to stderr.
     dlog.configure("warning", stream=sys.stderr)
 
-    state_dir = args.state_dir or _settings(args).daemon.state_dir
-    path = Path(state_dir) / JOURNAL_FILE
+    state_dir = Path(args.state_dir or _settings(args).daemon.state_dir)
+    if getattr(args, "account", None):
+        from engine.accounts import ACCOUNTS_DIR
+
+        state_dir = state_dir / ACCOUNTS_DIR / args.account
+    path = state_dir / JOURNAL_FILE
     if not path.exists():
         print(f"tradingd: no journal at {path}", file=sys.stderr)
         return None
@@ -192,7 +196,8 @@ def _control(cmd: str, arg_names: tuple[str, ...] = ()) -> Any:
         from daemon.control import request
 
         state_dir = args.state_dir or _settings(args).daemon.state_dir
-        payload = {k: getattr(args, k) for k in arg_names if getattr(args, k, None) is not None}
+        payload = {k: getattr(args, k) for k in (*arg_names, "account")
+                   if getattr(args, k, None) is not None}
         try:
             reply = asyncio.run(request(state_dir, cmd, payload, timeout=args.timeout))
         except ConnectionError as exc:
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="what happened to a signal or an order, and why")
     _add_config_args(p)
+    p.add_argument("--account", help="the journal of this account (multi-account daemons)")
     p.add_argument("--symbol", help="only rows about this symbol")
     p.add_argument("--order", help="one order by client_order_id (with its signal)")
     p.add_argument("--signal", help="one signal by id (with the orders it led to)")
@@ -244,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the day's orders, fills, slippage, rejects, P&L")
     _add_config_args(p)
+    p.add_argument("--account", help="the journal of this account (multi-account daemons)")
     p.add_argument("--date", help="New York trading day YYYY-MM-DD (default: the last)")
     p.add_argument("--out", type=Path, help="HTML file (default: <state_dir>/report-DAY.html)")
     p.set_defaults(func=cmd_report)
@@ -263,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p)
         p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+        p.add_argument("--account", help="one account of a multi-account daemon (default: all)")
         if "why" in arg_names:
             p.add_argument("--why", help="reason, recorded in the log and journal")
         if "id" in arg_names:

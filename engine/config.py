@@ -1,9 +1,10 @@
-"""Daemon-level configuration: mode, state directory, timers, shutdown, feed."""
+"""Engine configuration: the process (mode, state directory, timers, shutdown), the feed,
+the broker accounts and how signals are routed among them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -63,3 +64,44 @@ class DaemonConfig(ComponentConfig):
     @property
     def kill_switch_path(self) -> Path:
         return self.kill_switch_file or self.state_dir / "KILL_SWITCH"
+
+
+ACCOUNT_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class AccountConfig(ComponentConfig):
+    """One broker account of a multi-account daemon (the ``accounts`` list).
+
+    ``kind`` picks the broker; the account's broker settings are the root ``broker``
+    section's settings for that kind with ``broker`` (a mapping of keys of that kind's
+    section, e.g. ``{"port": 4002, "client_id": 7}`` for IB) laid over them. Secrets are
+    never written here: ``credentials`` maps a secret key of that section to the name of
+    the environment variable holding it (``{"key_id": "APCA2_API_KEY_ID"}``); without it
+    the root section's (``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``) apply. ``risk``
+    lays keys over the root ``risk`` section for this account's own limits. ``symbols``
+    are routed to this account (the routing table).
+    """
+
+    name: str = Field(pattern=ACCOUNT_NAME)
+    kind: Literal["paper", "alpaca", "ib"]
+    symbols: list[str] = Field(default_factory=list, description="symbols routed here")
+    broker: dict[str, Any] = Field(default_factory=dict, description="over broker.<kind>")
+    credentials: dict[str, str] = Field(default_factory=dict,
+                                        description="secret key -> environment variable")
+    risk: dict[str, Any] = Field(default_factory=dict, description="over the risk section")
+
+
+class RoutingConfig(ComponentConfig):
+    """Which account trades a signal's symbol.
+
+    A symbol held (or worked) by an account stays there: its signals go to that account,
+    so a position is never split or doubled across brokers. A flat symbol goes to the
+    account whose ``symbols`` list has it, else to ``preferred`` (default: the first
+    account). When that account cannot trade (broker disconnected, reconciling, or
+    HALTED): with ``failover`` the next account of ``order`` (default: the ``accounts``
+    order) that can takes it; without, the signal is refused with ``ROUTE_UNAVAILABLE``.
+    """
+
+    preferred: str | None = None
+    failover: bool = True
+    order: list[str] = Field(default_factory=list, description="failover order")

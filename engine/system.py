@@ -48,6 +48,7 @@ from kernel.clock import Clock, Timers
 from kernel.errors import HandlerFailed
 from kernel.events import (
     BarBatch,
+    BrokerStatusChanged,
     CancelAllOrders,
     CancelOrder,
     Event,
@@ -58,8 +59,9 @@ from kernel.events import (
     SubmitOrder,
 )
 from kernel.model import CENT
+from kernel.views import Totals
 from portfolio import Portfolio
-from risk.config import RiskConfig
+from risk.config import GlobalRiskConfig, RiskConfig
 from risk.controls import Handler, register_controls
 from risk.emergency import LiquidationResult, liquidate
 from risk.gate import Gate
@@ -99,6 +101,8 @@ class TradingSystem:
         broker: Broker | None = None,
         journaling: bool = True,
         market: MarketHours | None = None,
+        totals: Totals | None = None,
+        global_risk: GlobalRiskConfig | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -133,7 +137,8 @@ class TradingSystem:
         self.marker = EquityMarker(self.journal, self.portfolio, self.stats, clock, self.marks)
         self.recovered: Recovered | None = None
         self.market = market if market is not None else MarketHours()
-        self._build_risk(spec.risk, environ)
+        self.connected = True  # until the broker reports otherwise
+        self._build_risk(spec.risk, environ, totals, global_risk or GlobalRiskConfig())
         self.timers = Timers(clock, self.bus.publish)
         self.controls: dict[str, Handler] = {}
         register_controls(self.controls.__setitem__, state=self.risk_state,
@@ -143,7 +148,8 @@ class TradingSystem:
 
     # -- wiring ------------------------------------------------------------------------
 
-    def _build_risk(self, cfg: RiskConfig, environ: Mapping[str, str]) -> None:
+    def _build_risk(self, cfg: RiskConfig, environ: Mapping[str, str], totals: Totals | None,
+                    global_risk: GlobalRiskConfig) -> None:
         bus, clock = self.bus, self.clock
         self.killswitch = KillSwitch(state=self.risk_state, path=self.cfg.kill_switch_path,
                                      environ=environ)
@@ -153,7 +159,9 @@ class TradingSystem:
             on_emergency=lambda why: self.spawn(self.liquidate(why), "risk.liquidate"))
         self.gate = Gate(cfg, clock=clock, portfolio=self.portfolio, orders=self.orders,
                          state=self.risk_state, publish=bus.publish, send=bus.send,
-                         market=self.market, modes=self.modes, marks=self.marks)
+                         market=self.market, modes=self.modes, marks=self.marks,
+                         account=self.name, totals=totals,
+                         global_gross_pct=global_risk.max_gross_exposure)
         self.monitor = RiskMonitor(cfg, clock=clock, portfolio=self.portfolio,
                                    orders=self.orders, state=self.risk_state, marks=self.marks,
                                    publish=bus.publish, send=bus.send)
@@ -176,6 +184,7 @@ class TradingSystem:
         bus.register(CancelAllOrders, self.orders.execute_cancel_all)
         bus.subscribe(OrderFilled, self.portfolio.on_fill)
         bus.subscribe(RiskTick, self.marker.on_tick)
+        bus.subscribe(BrokerStatusChanged, self._on_broker_status)
         self.reconciler.attach(bus)
         self.stats.attach(bus)
         # Reconciliation looks for drift at the broker, which happens in wall time: in a
@@ -191,6 +200,20 @@ class TradingSystem:
     def _count_batch(self, batch: BarBatch) -> None:
         self.stats.bar_batches += 1
         self.stats.bar_rows += len(batch.symbols)
+
+    def _on_broker_status(self, event: BrokerStatusChanged) -> None:
+        status = str(event.status)
+        if status == "disconnected":
+            self.connected = False
+        elif status in ("connected", "ready", "recovering"):
+            self.connected = True
+
+    @property
+    def available(self) -> bool:
+        """Can take new orders now: connected, reconciled, not halted."""
+        return (self.connected and self.ready
+                and self.risk_state.state is not TradingState.HALTED
+                and not self.risk_state.kill_switch)
 
     def _on_broker_event(self, event: Event) -> None:
         """Broker reports arrive here on the loop thread; the order manager owns them."""
@@ -335,8 +358,10 @@ class TradingSystem:
 
     def status(self) -> dict[str, Any]:
         return {
+            "account": self.name,
             "trading_state": self.risk_state.snapshot()["state"],
             "ready": self.ready,
+            "broker_connected": self.connected,
             "risk": self.risk_state.snapshot(),
             "execution_mode": str(self.modes.mode),
             "broker": self.broker.name,
@@ -367,17 +392,20 @@ def build_system(
     broker: Broker | None = None,
     journaling: bool = True,
     market: MarketHours | None = None,
+    totals: Totals | None = None,
+    global_risk: GlobalRiskConfig | None = None,
 ) -> TradingSystem:
     """The one way to wire an account: the daemon and the tests both call this.
 
     ``broker`` replaces the configured one (a test's fake); ``on_failure`` is told about
     any handler or side task that raises (the daemon stops in order). Without it the
-    failure is kept in ``TradingSystem.failure`` (tests assert on it).
+    failure is kept in ``TradingSystem.failure`` (tests assert on it). ``totals`` and
+    ``global_risk`` give the gate the other accounts' exposure and the global limits.
     """
     return TradingSystem(spec, daemon=daemon, clock=clock,
                          environ=dict(os.environ if environ is None else environ),
                          on_failure=on_failure, broker=broker, journaling=journaling,
-                         market=market)
+                         market=market, totals=totals, global_risk=global_risk)
 
 
 __all__ = ["SystemSpec", "TradingSystem", "build_system"]

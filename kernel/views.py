@@ -20,4 +20,12 @@ class Books(Protocol):
     def views(self) -> tuple[PositionView, ...]: ...
 
 
-__all__ = ["Books"]
+class Totals(Protocol):
+    """Exposure of the other accounts of a multi-account daemon (global limits)."""
+
+    def others(self, account: str) -> tuple[Decimal, Decimal]:
+        """(equity, gross exposure with working orders) of every account but ``account``."""
+        ...
+
+
+__all__ = ["Books", "Totals"]

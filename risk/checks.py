@@ -344,7 +344,12 @@ def cap_position(ctx: Ctx, lim: Limits) -> Cap | None:
 
 
 def _cap_exposure(ctx: Ctx, reason: ReasonCode, total: Decimal, pct: Decimal) -> Cap | None:
-    limit = pct * ctx.book.equity
+    return _cap_total(ctx, reason, total, pct * ctx.book.equity)
+
+
+def _cap_total(ctx: Ctx, reason: ReasonCode, total: Decimal, limit: Decimal) -> Cap | None:
+    """Cap the order so ``total`` (which includes this symbol's exposure now) stays
+    within ``limit`` dollars; never below what the symbol already has."""
     others = total - ctx.cur * ctx.sym.mark
     room = int((limit - others) // ctx.price) if limit > others else 0
     allowed = max(ctx.cur, room)
@@ -356,6 +361,14 @@ def _cap_exposure(ctx: Ctx, reason: ReasonCode, total: Decimal, pct: Decimal) ->
 
 def cap_gross(ctx: Ctx, lim: Limits) -> Cap | None:
     return _cap_exposure(ctx, R.MAX_GROSS_EXPOSURE, ctx.book.gross, lim.max_gross_pct)
+
+
+def cap_global_gross(ctx: Ctx, pct: Decimal, other_equity: Decimal,
+                     other_gross: Decimal) -> Cap | None:
+    """Gross exposure over every account: this account's book plus the others' totals,
+    against ``pct`` of their summed equity."""
+    limit = pct * (ctx.book.equity + other_equity)
+    return _cap_total(ctx, R.GLOBAL_GROSS_EXPOSURE, ctx.book.gross + other_gross, limit)
 
 
 def cap_sector(ctx: Ctx, lim: Limits) -> Cap | None:

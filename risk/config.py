@@ -64,3 +64,15 @@ class RiskConfig(ComponentConfig):
     liquidation_round_secs: float = Field(
         10, gt=0, description="liquidation: wait for fills per round (clock seconds)"
     )
+
+
+class GlobalRiskConfig(ComponentConfig):
+    """Limits over every account together (several broker accounts in one daemon).
+
+    ``max_gross_exposure``: the sum of every account's gross exposure (positions plus
+    working orders, worst case) as a fraction of the sum of their equity; None = no global
+    limit. Each account's own limits (its ``risk`` section) apply as well.
+    """
+
+    max_gross_exposure: float | None = Field(None, gt=0, le=10,
+                                             description="total gross / total equity")

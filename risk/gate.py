@@ -61,6 +61,7 @@ from kernel.events import (
 from kernel.model import Position
 from kernel.orders import Order
 from kernel.time import NEW_YORK
+from kernel.views import Totals
 from risk import checks as ck
 from risk.config import RiskConfig
 from risk.market import Market, MarketHours
@@ -106,6 +107,9 @@ class Gate:
         market: Market | None = None,
         modes: ExecutionModes | None = None,
         marks: EquityMarks | None = None,
+        account: str = "",
+        totals: Totals | None = None,
+        global_gross_pct: float | None = None,
     ) -> None:
         self._cfg = cfg
         self._lim = ck.Limits.from_config(cfg)
@@ -118,6 +122,10 @@ class Gate:
         self.market: Market = market if market is not None else MarketHours()
         self.modes = modes if modes is not None else ExecutionModes(clock=clock)
         self.marks = marks if marks is not None else EquityMarks()
+        # Global limits over every account (several accounts in one daemon).
+        self.account = account
+        self._totals = totals if global_gross_pct is not None else None
+        self._global_gross = Decimal(repr(global_gross_pct)) if global_gross_pct else ZERO
         self._sectors = cfg.sector_map
         self.universe: set[str] = set(cfg.symbols)
         self._last: dict[str, float] = {}
@@ -283,10 +291,27 @@ class Gate:
              or self._apply_cap(ctx, ck.cap_position(ctx, lim))
              or self._apply_cap(ctx, ck.cap_gross(ctx, lim))
              or self._apply_cap(ctx, ck.cap_sector(ctx, lim))
+             or self._apply_cap(ctx, self._cap_global(ctx))
              or self._apply_cap(ctx, ck.cap_buying_power(ctx, self._lim)))
         if d is None and ctx.qty != qty:
             d = ck.check_min_notional(ctx, lim)
         return d
+
+    def _cap_global(self, ctx: ck.Ctx) -> Cap | None:
+        if self._totals is None:
+            return None
+        equity, gross = self._totals.others(self.account)
+        return ck.cap_global_gross(ctx, self._global_gross, equity, gross)
+
+    def exposure(self) -> tuple[Decimal, Decimal]:
+        """(equity, gross exposure with working orders), as the gate's limits see them."""
+        now = self._clock.now()
+        if now >= self._day_hi:
+            self._roll_day(now)
+        book = self._book
+        if book is None:
+            book = self._book = self._rebuild(now)
+        return book.equity, book.gross
 
     def _apply_cap(self, ctx: ck.Ctx, cap: Cap | None) -> Denial | None:
         if cap is None:

@@ -50,6 +50,9 @@ class ReasonCode(enum.StrEnum):
         MAX_GROSS_EXPOSURE: gross exposure would exceed ``max_gross_exposure`` of equity (cap).
         SECTOR_EXPOSURE: the symbol's sector (``sector_map``) would exceed
             ``max_sector_exposure`` of equity (cap).
+        GLOBAL_GROSS_EXPOSURE: with several accounts, the gross exposure of all of them
+            together would exceed ``global_risk.max_gross_exposure`` of their summed
+            equity (cap).
         SHORTS_NOT_ALLOWED: a sell would leave a short position while ``allow_shorts`` is off.
         INSUFFICIENT_BUYING_POWER: cash less working buys cannot pay for the order (cap).
     Rate:
@@ -82,6 +85,7 @@ class ReasonCode(enum.StrEnum):
     MAX_POSITION = "MAX_POSITION"
     MAX_GROSS_EXPOSURE = "MAX_GROSS_EXPOSURE"
     SECTOR_EXPOSURE = "SECTOR_EXPOSURE"
+    GLOBAL_GROSS_EXPOSURE = "GLOBAL_GROSS_EXPOSURE"
     SHORTS_NOT_ALLOWED = "SHORTS_NOT_ALLOWED"
     INSUFFICIENT_BUYING_POWER = "INSUFFICIENT_BUYING_POWER"
     MAX_ORDERS_PER_SYMBOL_DAY = "MAX_ORDERS_PER_SYMBOL_DAY"

@@ -140,6 +140,10 @@ class MqttBridge:
         for secret in (cfg.password, cfg.control_secret):
             if secret is not None:
                 dlog.register_secret(secret.get_secret_value())
+        self.follow(bus)
+
+    def follow(self, bus: Bus) -> None:
+        """Publish the events of ``bus`` too (the other accounts of a multi-account daemon)."""
         for event_type in PUBLISHED_EVENTS:
             bus.subscribe(event_type, self._on_event)
 

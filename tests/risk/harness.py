@@ -40,6 +40,7 @@ from kernel.model import (
     Signal,
     TimeInForce,
 )
+from kernel.views import Totals
 from portfolio.book import Portfolio
 from risk.config import RiskConfig
 from risk.gate import Gate
@@ -174,7 +175,8 @@ class Harness:
     def __init__(self, cfg: RiskConfig | None = None, *, now: datetime = SESSION,
                  cash: float = 100_000, market: Market | None = None,
                  mode: ExecutionMode = ExecutionMode.FULL_AUTO,
-                 reconciled: bool = True, paper: PaperConfig | None = None) -> None:
+                 reconciled: bool = True, paper: PaperConfig | None = None,
+                 totals: Totals | None = None, global_gross: float | None = None) -> None:
         self.cfg = cfg or RiskConfig()
         self.clock = ReplayClock(now)
         self.events: list[Event] = []
@@ -196,7 +198,8 @@ class Harness:
         self.sink = RecordingSink(self.orders)
         self.gate = Gate(self.cfg, clock=self.clock, portfolio=self.portfolio,
                          orders=self.orders, state=self.state, publish=pub,
-                         send=self.bus.send, market=market or AlwaysOpen(), modes=self.modes)
+                         send=self.bus.send, market=market or AlwaysOpen(), modes=self.modes,
+                         account="this", totals=totals, global_gross_pct=global_gross)
         self.bus.register(SubmitOrder, self.sink.execute)
         self.bus.subscribe(OrderFilled, self.portfolio.on_fill)
         self.bus.subscribe(BarBatch, self.portfolio.on_bars)

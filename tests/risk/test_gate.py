@@ -46,6 +46,17 @@ class Case:
     then: Callable[[Harness], Any] | None = None
 
 
+class OtherAccounts:
+    """The other accounts of a multi-account daemon: $100,000 equity, ``gross`` exposed."""
+
+    def __init__(self, gross: Decimal) -> None:
+        self.gross = gross
+
+    def others(self, account: str) -> tuple[Decimal, Decimal]:
+        assert account == "this"
+        return Decimal(100_000), self.gross
+
+
 def halt(who: str, state: TradingState = H) -> Callable[[Harness], None]:
     return lambda h: h.state.request(state, who=who, why="test")
 
@@ -190,6 +201,10 @@ CASES = [
     Case("sector_other", R.SECTOR_EXPOSURE,
          seq(lambda h: h.hold("XOM", 9), last=lambda h: h.intent("MSFT", 3)), False, qty=3,
          cfg={"max_sector_exposure": 0.01, "sector_map": {"XOM": "energy", "CVX": "energy"}}),
+    Case("global_full", R.GLOBAL_GROSS_EXPOSURE, Harness.intent, True, "60000.00", "60650.00",
+         setup={"totals": OtherAccounts(Decimal(59_900)), "global_gross": 0.3}),
+    Case("global_reduced", R.GLOBAL_GROSS_EXPOSURE, Harness.intent, False, qty=4,
+         setup={"totals": OtherAccounts(Decimal(59_400)), "global_gross": 0.3}),
     Case("short_sale", R.SHORTS_NOT_ALLOWED, lambda h: h.intent(side=SELL), True, 0, -5),
     Case("sell_held", R.SHORTS_NOT_ALLOWED,
          seq(lambda h: h.hold("AAPL", 5), last=lambda h: h.intent(side=SELL)), False, qty=5),
