@@ -45,7 +45,7 @@ from engine.system import TradingSystem, build_system
 from kernel.broker import Broker
 from kernel.bus import Bus
 from kernel.clock import Clock, ReplayClock, WallClock
-from kernel.errors import HandlerFailed
+from kernel.errors import BrokerAuthError, BrokerError, HandlerFailed
 from kernel.events import (
     BarBatch,
     Event,
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("daemon.app")
 
 STATUS_FILE = "status.json"
+EXIT_AUTH = 2  # the broker refused the keys: a configuration problem, not a crash
+EXIT_STOPPED_CONNECTING = 0  # asked to stop before the broker could be reached
 
 
 class Daemon:
@@ -210,9 +212,12 @@ class Daemon:
     # -- run -----------------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Run the session; the exit code: 0 stopped in order, 1 a component failed,
+        2 the broker refused the keys (or gave up connecting, when configured to)."""
         self._announce()
         sup = self.supervisor
         sup.install_signals(self._on_sigusr1)
+        sup.start(sup.notifier.watchdog(), "sdnotify.watchdog")  # fed while connecting too
         # KILL_SWITCH in the environment halts before anything connects.
         for system in self.systems:
             system.killswitch.check_env()
@@ -224,27 +229,75 @@ class Daemon:
                 # Runs last: once every account has journaled its final books.
                 stack.callback(self._log_summary)
                 for system in self.systems:
-                    await stack.enter_async_context(system)
-                    if system.worker is not None:
-                        sup.watch(system.worker)
+                    if system.journal is not None:  # opened once, kept across retries
+                        await stack.enter_async_context(system.journal)
+                for system in self.systems:
+                    if not await self._connect(stack, system):
+                        return EXIT_STOPPED_CONNECTING if sup.fatal is None else 1
                 for component in (self.control, self._live_feed()):
                     await stack.enter_async_context(component)
                 if self.mqtt is not None:  # last in, first out: ingress stops first
                     await stack.enter_async_context(self.mqtt)
-                await self._start_books()
                 # Everything built at start-up lives all day: move it out of the cyclic GC's
                 # way (full collections over it cost tens of ms on the hot path).
                 gc.collect()
                 gc.freeze()
                 self._start_tasks()
                 sup.ready(f"trading {self.settings.broker.kind}")
-                log.info("daemon.ready", broker=self.system.broker.name,
+                log.info("daemon.ready", accounts=self.accounts.names,
                          state_dir=str(self.state_dir))
                 await sup.stopped.wait()
                 await self._shutdown()
+        except BrokerAuthError as exc:
+            # Wrong keys do not get better by retrying: one clear line, exit 2.
+            log.error("broker.auth_failed", error=str(exc),
+                      detail="check the broker keys (APCA_API_KEY_ID / APCA_API_SECRET_KEY "
+                             "or the account's credentials)")
+            return EXIT_AUTH
         finally:
             sup.close()
         return 1 if sup.fatal is not None else 0
+
+    async def _connect(self, stack: contextlib.AsyncExitStack, system: TradingSystem) -> bool:
+        """Enter ``system`` (journal, broker, order manager, reconciler) and rebuild its
+        books, retrying with backoff while the broker cannot be reached. False if a stop
+        was asked meanwhile, or the configured attempts ran out (``supervisor.fatal``)."""
+        cfg, sup = self.settings.daemon, self.supervisor
+        attempt = 0
+        while not sup.stopped.is_set():
+            attempt += 1
+            inner = contextlib.AsyncExitStack()
+            try:
+                await inner.enter_async_context(system.connection())
+                if not self.replaying:
+                    await system.refresh_market_clock()
+                await system.start_books()
+            except BrokerAuthError:
+                await inner.aclose()
+                raise
+            except (BrokerError, OSError, TimeoutError) as exc:
+                await inner.aclose()
+                if cfg.connect_attempts and attempt >= cfg.connect_attempts:
+                    log.error("broker.unreachable", account=system.name, cause=str(exc),
+                              attempt=attempt, final=True)
+                    sup.fail(exc)
+                    return False
+                delay = min(cfg.connect_backoff_secs * 2 ** (attempt - 1),
+                            cfg.connect_backoff_max_secs)
+                log.warning("broker.unreachable", account=system.name,
+                            broker=system.spec.broker.kind, cause=str(exc), attempt=attempt,
+                            retry_in_secs=delay)
+                sup.notifier.waiting(f"waiting for broker {system.name}: {exc}", delay + 30)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sup.stopped.wait(), delay)
+                continue
+            await stack.enter_async_context(inner)
+            if system.worker is not None:
+                sup.watch(system.worker)
+            if attempt > 1:
+                log.info("broker.connected", account=system.name, attempts=attempt)
+            return True
+        return False
 
     def _on_sigusr1(self) -> None:
         for system in self.systems:
@@ -272,12 +325,6 @@ class Daemon:
                        if s.spec.broker.kind == "alpaca"), self.settings.broker.alpaca)
         return AlpacaBarFeed(alpaca, symbols=self.settings.feed.symbols,
                              on_batch=self.inbox.put_bars)
-
-    async def _start_books(self) -> None:
-        for system in self.systems:
-            if not self.replaying:
-                await system.refresh_market_clock()
-            await system.start_books()
 
     def _start_tasks(self) -> None:
         sup = self.supervisor
@@ -341,6 +388,9 @@ class Daemon:
         await sup.cancel_all()
 
     def _log_summary(self) -> None:
+        if not any(s.started for s in self.systems):
+            log.info("daemon.stopped_before_start", reason=self.supervisor.stop_reason)
+            return
         self.write_status()
         log.info("daemon.session_summary", reason=self.supervisor.stop_reason,
                  **self.summary())

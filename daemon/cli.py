@@ -82,7 +82,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         return await Daemon(settings).run()
 
-    code: int = runner(main())
+    try:
+        code: int = runner(main())
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug: one structured line with the traceback in it
+        import structlog
+
+        structlog.get_logger("daemon.cli").critical("daemon.crashed", error=repr(exc),
+                                                    exc_info=exc)
+        return EXIT_FAILED
     return code
 
 

@@ -47,6 +47,11 @@ class Notifier:
     def ready(self, status: str = "") -> bool:
         return self.notify("READY=1", *( [f"STATUS={status}"] if status else []))
 
+    def waiting(self, status: str, extend_secs: float) -> bool:
+        """Still starting (e.g. waiting for the broker): say why, and extend systemd's
+        start timeout by ``extend_secs`` so a long wait is not taken for a hang."""
+        return self.notify(f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={int(extend_secs * 1e6)}")
+
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")
 

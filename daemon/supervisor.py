@@ -100,7 +100,6 @@ class Supervisor:
                 self._loop.remove_signal_handler(sig)
 
     def ready(self, status: str) -> None:
-        self.start(self.notifier.watchdog(), "sdnotify.watchdog")
         self.notifier.ready(status)
 
     def close(self) -> None:

@@ -60,6 +60,10 @@ class DaemonConfig(ComponentConfig):
     shutdown_grace_secs: float = Field(10, ge=0)
     kill_switch_file: Path | None = Field(None, description="default: <state_dir>/KILL_SWITCH")
     watchdog: bool = Field(True, description="sd_notify WATCHDOG=1 when systemd asks")
+    connect_attempts: int = Field(
+        0, ge=0, description="broker connection attempts at start; 0 = keep trying")
+    connect_backoff_secs: float = Field(1.0, gt=0, description="first wait between attempts")
+    connect_backoff_max_secs: float = Field(60.0, gt=0, description="longest wait (doubles)")
 
     @property
     def kill_switch_path(self) -> Path:

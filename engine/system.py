@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -138,6 +138,7 @@ class TradingSystem:
         self.recovered: Recovered | None = None
         self.market = market if market is not None else MarketHours()
         self.connected = True  # until the broker reports otherwise
+        self._books_started = False
         self._build_risk(spec.risk, environ, totals, global_risk or GlobalRiskConfig())
         self.timers = Timers(clock, self.bus.publish)
         self.controls: dict[str, Handler] = {}
@@ -262,28 +263,42 @@ class TradingSystem:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        stack = self._stack
+        """Open the journal, then connect (see ``connection``)."""
         try:
-            # The journal is entered first so it is closed (flushed) last.
             if self.journal is not None:
-                await stack.enter_async_context(self.journal)
-            # Runs after the broker has closed its streams (every report it handed over
-            # is applied) and before the journal closes: the books are final.
-            stack.push_async_callback(self._final_books)
-            for component in (self.broker, self.orders, self.reconciler):
-                await stack.enter_async_context(component)
+                await self._stack.enter_async_context(self.journal)
+            await self._stack.enter_async_context(self.connection())
         except BaseException:
-            await stack.aclose()
+            await self._stack.aclose()
             raise
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        tasks = list(self._side_tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await self._stack.aclose()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Self]:
+        """Broker, order manager and reconciler, with the journal already open (the
+        daemon opens the journal once and may retry this while the broker is down).
+        On the way out, once the broker has closed its streams (every report it handed
+        over is applied), the final books are journaled."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._final_books)
+            for component in (self.broker, self.orders, self.reconciler):
+                await stack.enter_async_context(component)
+            try:
+                yield self
+            finally:
+                tasks = list(self._side_tasks)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def started(self) -> bool:
+        """The books were rebuilt and reconciled (``start_books`` succeeded)."""
+        return self._books_started
 
     @property
     def worker(self) -> asyncio.Task[None] | None:
@@ -319,6 +334,7 @@ class TradingSystem:
                 portfolio=self.portfolio, stats=self.stats, marker=self.marker,
                 reconciler=self.reconciler, clock=self.clock)
             self._restore_risk(self.recovered)
+        self._books_started = True
         self.gate.invalidate()
         log.info("portfolio.restored", account=self.name, cash=str(self.portfolio.cash),
                  equity=str(self.portfolio.equity()), positions=len(self.portfolio.positions))
@@ -332,7 +348,9 @@ class TradingSystem:
 
     async def _final_books(self) -> None:
         await asyncio.sleep(0)  # reports scheduled onto the loop while the broker closed
-        if self.journal is not None and self.journal.is_open:
+        # Books that were never rebuilt (the broker could not be reached) must not be
+        # journaled: recovery would take them for the account's last state.
+        if self._books_started and self.journal is not None and self.journal.is_open:
             now = self.clock.now()
             self.marker.mark(now)
             self.journal.append("BooksSnapshot", books_snapshot(self.portfolio), ts=now)
