@@ -10,12 +10,14 @@ Alpaca keys and URLs also from ``APCA_API_KEY_ID``, ``APCA_API_SECRET_KEY``,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
@@ -124,10 +126,71 @@ def load_settings(
     settings = Settings.model_construct(**{k: getattr(built, k) for k in Settings.model_fields})
     _check_live(settings, env)
     # Each account's broker, credentials and limits must resolve now, not at connect time.
-    account_specs(settings.accounts, broker=settings.broker, risk=settings.risk,
-                  state_dir=settings.daemon.state_dir, environ=env)
+    specs = account_specs(settings.accounts, broker=settings.broker, risk=settings.risk,
+                          state_dir=settings.daemon.state_dir, environ=env)
     check_routing(settings.routing, settings.accounts)
-    return settings
+    return _resolve_feed(settings, [s.broker for s in specs])
+
+
+_IB_STANDARD_PORTS = frozenset({4001, 4002, 7496, 7497})  # Gateway/TWS, live and paper
+
+
+def _resolve_feed(settings: Settings, brokers: list[BrokerConfig]) -> Settings:
+    """``feed.source: auto`` becomes the broker's own data; a live feed needs symbols; a
+    replay may trade only the paper broker or a loopback emulator, never a real account.
+
+    Raises:
+        ConfigError: naming ``feed.symbols``, ``feed.source`` or ``feed.replay``.
+    """
+    feed = settings.feed
+    kinds = {b.kind for b in brokers}
+    source = feed.source
+    if source == "auto":
+        if "alpaca" in kinds:
+            source = "alpaca"
+        elif kinds == {"paper"}:
+            source = "replay"
+        else:
+            raise ConfigError("feed.source", "auto", "'alpaca' (with Alpaca data keys) or "
+                              "'replay' with feed.replay: Interactive Brokers accounts have no "
+                              "bar feed of their own in tradingd")
+    if source == "alpaca" and not feed.symbols:
+        raise ConfigError("feed.symbols", [], "the symbols to trade: a live session never "
+                          "invents a universe (e.g. TRADINGD_FEED__SYMBOLS='[\"AAPL\",\"MSFT\"]')")
+    if source == "replay":
+        for b in brokers:
+            if b.kind != "paper" and not _loopback_endpoint(b):
+                raise ConfigError("feed.replay", str(feed.replay or "the demo day"),
+                                  f"a replay trades only the paper broker or a loopback "
+                                  f"emulator, never a {b.kind} account: use --broker paper, "
+                                  f"or drop --replay to trade the live session")
+        if feed.replay is None and kinds != {"paper"}:
+            raise ConfigError("feed.replay", None, "a CSV of bars: the demo day exists only "
+                              "for the built-in paper broker")
+    if source == feed.source:
+        return settings
+    return settings.model_copy(update={"feed": feed.model_copy(update={"source": source})})
+
+
+def _loopback_endpoint(b: BrokerConfig) -> bool:
+    """An emulator on this machine: a loopback URL (Alpaca), or a loopback host on a port
+    that is not one of IB Gateway's or TWS's (IB)."""
+    if b.kind == "alpaca":
+        host = urlsplit(b.alpaca.base_url).hostname or ""
+        return _is_loopback(host)
+    ib = getattr(b, "ib", None)
+    if str(b.kind) == "ib" and ib is not None:
+        return _is_loopback(str(ib.host)) and int(ib.port) not in _IB_STANDARD_PORTS
+    return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _with_env(cls: type[Settings], init: dict[str, Any], env: Mapping[str, str]) -> Settings:

@@ -6,28 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from kernel.config import ComponentConfig
 
 
 class FeedConfig(ComponentConfig):
-    """Where bars come from. ``replay`` is a CSV (``timestamp,symbol,open,high,low,close,
-    volume``, optionally gzipped); empty means the built-in demo day. ``speed`` is
-    ``max`` (as fast as possible), or a multiple of real time (1 = real time)."""
+    """Where bars come from.
 
-    source: Literal["replay", "alpaca"] = "replay"
+    ``source``: ``auto`` (the default) takes the broker's own data: a live session with
+    Alpaca bars for a daemon with an Alpaca account, the built-in demo day for the paper
+    broker. ``replay`` plays a CSV (``timestamp,symbol,open,high,low,close,volume``,
+    optionally gzipped; ``tradingd run --replay FILE``); ``alpaca`` is the live Alpaca
+    data stream for ``symbols``. ``speed`` (replays) is ``max`` or a multiple of real time.
+    """
+
+    source: Literal["auto", "replay", "alpaca"] = "auto"
     replay: Path | None = None
     speed: str = "max"
     queue_size: int = Field(256, ge=1)
     symbols: list[str] = Field(default_factory=list,
                                description="symbols to subscribe to (live feeds)")
-
-    @model_validator(mode="after")
-    def _live_needs_symbols(self) -> FeedConfig:
-        if self.source == "alpaca" and not self.symbols:
-            raise ValueError("feed.source 'alpaca' needs feed.symbols (the symbols to trade)")
-        return self
 
     @field_validator("speed")
     @classmethod

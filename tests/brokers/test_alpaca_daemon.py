@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from signals import demodata
+from tests.daemon.lives import unit_exec_start
 from tests.data import REPO
 
 pytestmark = pytest.mark.slow
@@ -71,12 +72,11 @@ class TestDaemonOnAlpacaEmulator:
             assert port is not None
             base = f"http://127.0.0.1:{port.group(1)}"
             state = tmp_path / "state"
+            # The systemd unit's own command with the shipped config: live by default.
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run", "--broker", "alpaca",
-                 "--state-dir", str(state)],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                unit_exec_start(state), cwd=REPO, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
                 env=_env(APCA_API_BASE_URL=base, APCA_API_DATA_URL=base,
-                         TRADINGD_FEED__SOURCE="alpaca",
                          TRADINGD_FEED__SYMBOLS=json.dumps(symbols)))
             # Act: the emulator replays the day once the daemon has subscribed
             _wait_line(emu, "bars done", 120)
@@ -104,6 +104,7 @@ class TestDaemonOnAlpacaEmulator:
         assert snap_orders, "orders must arrive at the emulator"
         cids = Counter(o["client_order_id"] for o in snap_orders)
         assert max(cids.values()) == 1, "no duplicate orders"
+        assert {o["symbol"] for o in snap_orders} <= set(symbols), "only listed symbols"
         status = json.loads((state / "status.json").read_text())
         emu_positions = {s: int(Decimal(p["qty"])) for s, p in snap["positions"].items()
                          if Decimal(p["qty"])}

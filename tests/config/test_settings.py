@@ -215,3 +215,51 @@ class TestCheckConfigCli:
 
         assert code == 0
         assert json.loads(capsys.readouterr().out)["risk"]["max_position_pct"] == 0.04
+
+
+class TestFeedSource:
+    """Live by default with a real broker; the demo day only for the paper broker."""
+
+    def test_load_when_paper_then_auto_is_the_demo_replay(self) -> None:
+        s = load_settings(environ={})
+        assert s.feed.source == "replay" and s.feed.replay is None
+
+    def test_load_when_alpaca_and_symbols_then_live_alpaca_feed(self) -> None:
+        s = load_settings(overrides={"broker": {"kind": "alpaca"}},
+                          environ={"TRADINGD_FEED__SYMBOLS": '["AAPL","MSFT"]'})
+        assert s.feed.source == "alpaca" and s.feed.symbols == ["AAPL", "MSFT"]
+
+    def test_load_when_alpaca_without_symbols_then_error_names_feed_symbols(self) -> None:
+        with pytest.raises(ConfigError) as err:
+            load_settings(overrides={"broker": {"kind": "alpaca"}}, environ={})
+        assert err.value.key == "feed.symbols"
+
+    def test_load_when_replay_against_real_alpaca_then_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as err:
+            load_settings(overrides={"broker": {"kind": "alpaca"},
+                                     "feed": {"source": "replay",
+                                              "replay": str(tmp_path / "day.csv")}},
+                          environ={})
+        assert err.value.key == "feed.replay"
+        assert "never a alpaca account" in str(err.value)
+
+    def test_load_when_replay_against_loopback_emulator_then_allowed(
+            self, tmp_path: Path) -> None:
+        s = load_settings(overrides={"broker": {"kind": "alpaca"},
+                                     "feed": {"source": "replay",
+                                              "replay": str(tmp_path / "day.csv")}},
+                          environ={"APCA_API_BASE_URL": "http://127.0.0.1:8700"})
+        assert s.feed.source == "replay"
+
+    def test_load_when_alpaca_replay_without_file_then_no_demo_day(self) -> None:
+        with pytest.raises(ConfigError) as err:
+            load_settings(overrides={"broker": {"kind": "alpaca"},
+                                     "feed": {"source": "replay"}},
+                          environ={"APCA_API_BASE_URL": "http://localhost:8700"})
+        assert err.value.key == "feed.replay" and "demo day" in str(err.value)
+
+    def test_cli_when_broker_alpaca_without_symbols_then_exit_2_naming_setting(
+            self, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        code = main(["run", "--broker", "alpaca", "--config", str(default_config_path())])
+        assert code == EXIT_CONFIG
+        assert "feed.symbols" in capsys.readouterr().err

@@ -1,13 +1,17 @@
-"""Running the daemon as a process again and again, killing it at random points."""
+"""Running the daemon as a process: the systemd unit's command, and again and again,
+killed at random points."""
 
 from __future__ import annotations
 
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.data import REPO
 
 Spawn = Callable[[Path], "subprocess.Popen[bytes]"]
 
@@ -44,3 +48,14 @@ def kill_lives(spawn: Spawn, logs: Path, rng: random.Random, kills: int,
             ends.append(f"exited {proc.returncode}")
         proc.wait(10)
     return ends
+
+
+def unit_exec_start(state_dir: Path) -> list[str]:
+    """The systemd unit's ExecStart, with the shipped config and this checkout's Python."""
+    unit = (REPO / "systemd" / "paper-trading-session.service").read_text()
+    (line,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    argv = line.removeprefix("ExecStart=").split()
+    assert argv[0].endswith("/tradingd"), argv
+    subst = {"/etc/tradingd/execution.yaml": str(REPO / "config" / "execution.yaml"),
+             "${STATE_DIRECTORY}": str(state_dir)}
+    return [sys.executable, "-m", "daemon.cli", *(subst.get(a, a) for a in argv[1:])]

@@ -18,6 +18,7 @@ import pytest
 
 from engine.journal import JOURNAL_FILE, Journal
 from signals import demodata
+from tests.daemon.lives import unit_exec_start
 from tests.data import REPO
 
 pytestmark = pytest.mark.slow
@@ -171,3 +172,47 @@ class TestReplayStamps:
         finally:
             journal.close()
         assert stamps and min(stamps) >= first
+
+
+class TestLiveByDefault:
+    def test_unit_command_when_only_apca_env_then_exit_2_naming_symbols_and_no_order(
+            self, tmp_path: Path) -> None:
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        csv = demodata.write(tmp_path / "day.csv", days=1, n_symbols=3, seed=9)
+        only_apca = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("TRADINGD_", "APCA_"))}
+        only_apca.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET,
+                         APCA_API_BASE_URL=base, APCA_API_DATA_URL=base)
+        emu = subprocess.Popen(
+            [sys.executable, "-m", "tests.alpaca_emulator", "--port", str(port), "--bars",
+             str(csv), "--bar-interval", "0.05", "--rebase-now", "--key-id", KEY,
+             "--secret-key", SECRET], cwd=REPO, env=only_apca, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            daemon = subprocess.run(unit_exec_start(tmp_path / "state"), cwd=REPO,
+                                    env=only_apca, capture_output=True, text=True,
+                                    timeout=120, check=False)
+            snapshot = _snapshot(base)
+        finally:
+            emu.kill()
+            emu.wait()
+        assert daemon.returncode == 2, daemon.stdout[-2000:] + daemon.stderr[-2000:]
+        assert "feed.symbols" in daemon.stderr
+        assert "Traceback" not in daemon.stderr + daemon.stdout
+        assert snapshot["orders"] == []
+
+
+def _snapshot(base: str) -> dict[str, Any]:
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_control/snapshot", timeout=5) as r:
+                data: dict[str, Any] = json.loads(r.read())
+                return data
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -111,7 +111,7 @@ class TestAccountConfig:
         settings = load_settings(overrides={
             "daemon": {"state_dir": str(tmp_path / "s")},
             "feed": {"source": "replay", "replay": str(one_day[0])}, "accounts": [
-            {"name": "two", "kind": "alpaca",
+            {"name": "two", "kind": "alpaca", "broker": {"base_url": "http://127.0.0.1:9"},
              "credentials": {"key_id": "APCA2_KEY", "secret_key": "APCA2_SECRET"}}]},
             environ={"APCA2_KEY": "key-canary-2", "APCA2_SECRET": "secret-canary-2"})
         daemon = Daemon(settings, environ={"APCA2_KEY": "key-canary-2",
