@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent
-from kernel.model import OrderSide
+from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent, SignalBatch
+from kernel.model import OrderSide, Signal
 from risk.config import RiskConfig
 from risk.market import MarketHours
 from risk.modes import ExecutionMode
@@ -338,6 +338,23 @@ class TestGateReductions:
             h.place(h.intent(sym, 5 if sym != "MSFT" else 3))
         notional = sum(i.notional for i in h.submitted)
         assert notional <= Decimal(2000)
+
+
+    async def test_signal_batch_when_new_symbol_priced_below_last_close_then_gross_at_close(
+            self, harness: MakeHarness) -> None:
+        # Arrange: gross limit 12% of $100,000; AAPL held (33 x 150 = $4,950). The batch's
+        # MSFT signal is priced 0.47% below MSFT's last close (within PRICE_DEVIATION).
+        h = await harness(RiskConfig(max_gross_exposure=0.12), holdings={"AAPL": 33})
+        sigs = (Signal("g1", "MSFT", 1.0, 298.6, SESSION, "test"),  # 16 x 300 = $4,800
+                Signal("g2", "F", 1.0, 12.0, SESSION, "test"))  # cut to what is left
+        # Act: one batch, so the F order is decided before the MSFT order is working
+        with capture_logs():
+            h.system.on_signals(SignalBatch(ts=SESSION, source="test", signals=sigs))
+        # Assert: valued at the last closes, the account stays within the limit
+        last = {"AAPL": 150, "MSFT": 300, "F": 12}
+        gross = 33 * 150 + sum(i.qty * last[i.symbol] for i in h.submitted)
+        assert [i.symbol for i in h.submitted] == ["MSFT", "F"]
+        assert gross <= 12_000
 
 
 class TestGateSignalMemory:
