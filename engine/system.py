@@ -42,7 +42,7 @@ from engine.journal import JOURNAL_FILE, Journal
 from engine.reconcile import Reconciler, books_snapshot
 from engine.recovery import EquityMarker, Recovered, recover
 from engine.stats import SessionStats
-from kernel.broker import Broker
+from kernel.broker import Broker, EventSink
 from kernel.bus import Bus
 from kernel.clock import Clock, Timers
 from kernel.errors import HandlerFailed
@@ -66,7 +66,7 @@ from risk.controls import Handler, register_controls
 from risk.emergency import LiquidationResult, liquidate
 from risk.gate import Gate
 from risk.killswitch import KillSwitch
-from risk.market import MarketHours
+from risk.market import Market, MarketHours
 from risk.marks import EquityMarks
 from risk.modes import ExecutionModes
 from risk.monitor import RiskMonitor
@@ -75,6 +75,10 @@ from risk.state import TradingState, TradingStatus
 from risk.wiring import wire_risk
 
 log = structlog.get_logger("engine.system")
+
+# A broker not built from configuration: given the sink its reports must go to (the
+# system's), it returns the broker. ``FakeBroker.connect`` is one.
+BrokerFactory = Callable[[EventSink], Broker]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +102,9 @@ class TradingSystem:
         clock: Clock,
         environ: Mapping[str, str],
         on_failure: Callable[[BaseException], None] | None = None,
-        broker: Broker | None = None,
+        broker: Broker | BrokerFactory | None = None,
         journaling: bool = True,
-        market: MarketHours | None = None,
+        market: Market | None = None,
         totals: Totals | None = None,
         global_risk: GlobalRiskConfig | None = None,
     ) -> None:
@@ -115,8 +119,7 @@ class TradingSystem:
         self.stop_reason = ""
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._stack = contextlib.AsyncExitStack()
-        self.broker: Broker = broker or create_broker(
-            spec.broker, clock=clock, sink=self._on_broker_event, state_dir=spec.state_dir)
+        self.broker = self._make_broker(broker)
         self.portfolio = Portfolio(spec.broker.paper.initial_cash, publish=self.bus.publish)
         # journaling=False exists for the journal benchmark only: no journal, no recovery.
         self.journal = (Journal(spec.state_dir / JOURNAL_FILE, clock=clock, group_commit=True)
@@ -136,7 +139,7 @@ class TradingSystem:
         self.marks = EquityMarks()  # start-of-day and peak equity: one copy, shared
         self.marker = EquityMarker(self.journal, self.portfolio, self.stats, clock, self.marks)
         self.recovered: Recovered | None = None
-        self.market = market if market is not None else MarketHours()
+        self.market: Market = market if market is not None else MarketHours()
         self.connected = True  # until the broker reports otherwise
         self._books_started = False
         self._build_risk(spec.risk, environ, totals, global_risk or GlobalRiskConfig())
@@ -148,6 +151,16 @@ class TradingSystem:
         self._wire()
 
     # -- wiring ------------------------------------------------------------------------
+
+    def _make_broker(self, broker: Broker | BrokerFactory | None) -> Broker:
+        """The configured broker, or the one given: a ready broker, or a factory that is
+        handed this system's report sink."""
+        if broker is None:
+            return create_broker(self.spec.broker, clock=self.clock, sink=self._on_broker_event,
+                                 state_dir=self.spec.state_dir)
+        if isinstance(broker, Broker):
+            return broker
+        return broker(self._on_broker_event)
 
     def _build_risk(self, cfg: RiskConfig, environ: Mapping[str, str], totals: Totals | None,
                     global_risk: GlobalRiskConfig) -> None:
@@ -313,6 +326,8 @@ class TradingSystem:
 
     async def refresh_market_clock(self) -> None:
         """The gate prefers the broker's clock for MARKET_CLOSED when the broker has one."""
+        if not isinstance(self.market, MarketHours):
+            return  # a market without sessions (``AlwaysOpen``, a 24/7 venue) has no use for it
         try:
             self.market.set_broker_clock(await self.broker.clock())
         except Exception as exc:  # a failed clock read keeps the calendar in charge
@@ -407,18 +422,21 @@ def build_system(
     clock: Clock,
     environ: Mapping[str, str] | None = None,
     on_failure: Callable[[BaseException], None] | None = None,
-    broker: Broker | None = None,
+    broker: Broker | BrokerFactory | None = None,
     journaling: bool = True,
-    market: MarketHours | None = None,
+    market: Market | None = None,
     totals: Totals | None = None,
     global_risk: GlobalRiskConfig | None = None,
 ) -> TradingSystem:
     """The one way to wire an account: the daemon and the tests both call this.
 
-    ``broker`` replaces the configured one (a test's fake); ``on_failure`` is told about
-    any handler or side task that raises (the daemon stops in order). Without it the
-    failure is kept in ``TradingSystem.failure`` (tests assert on it). ``totals`` and
-    ``global_risk`` give the gate the other accounts' exposure and the global limits.
+    ``broker`` replaces the configured one: a ready broker, or a ``BrokerFactory`` called
+    with the system's report sink (``FakeBroker.connect``, a broker built outside the
+    configuration). ``market`` replaces the XNYS ``MarketHours`` (``AlwaysOpen`` for a
+    venue that never closes). ``on_failure`` is told about any handler or side task that
+    raises (the daemon stops in order). Without it the failure is kept in
+    ``TradingSystem.failure`` (tests assert on it). ``totals`` and ``global_risk`` give
+    the gate the other accounts' exposure and the global limits.
     """
     return TradingSystem(spec, daemon=daemon, clock=clock,
                          environ=dict(os.environ if environ is None else environ),
@@ -426,4 +444,4 @@ def build_system(
                          market=market, totals=totals, global_risk=global_risk)
 
 
-__all__ = ["SystemSpec", "TradingSystem", "build_system"]
+__all__ = ["BrokerFactory", "SystemSpec", "TradingSystem", "build_system"]

@@ -352,7 +352,10 @@ class Gate:
         assert book is not None
         sb = book.symbols.get(intent.symbol)
         if sb is None:
-            sb = book.symbols[intent.symbol] = ck.SymbolBook(mark=intent.reference_price)
+            # Marked as a rebuild would mark it (last close first): an order priced below
+            # the close must not make the symbol's exposure look smaller within a batch.
+            mark = self._portfolio.price(intent.symbol) or intent.reference_price
+            sb = book.symbols[intent.symbol] = ck.SymbolBook(mark=mark)
         self._add_working(book, intent.symbol, sb, intent)
         if not intent.reduce_only:
             book.day_total += 1

@@ -1,75 +1,103 @@
-"""A small daemon-like wiring of the real journal, order manager, portfolio, reconciler
-and recovery on a real bus, around a ``FakeBroker``, for recovery/reconcile tests."""
+"""One daemon lifetime of one account, for recovery and reconciliation tests.
+
+The account is a ``TradingSystem`` built by ``engine.system.build_system``, as the daemon
+builds it (journal in ``state_dir``, order manager, portfolio, gate, reconciler...),
+around a ``FakeBroker`` that outlives it: a second ``Session`` on the same state
+directory and broker is the daemon restarting.
+"""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
-from decimal import Decimal
 from pathlib import Path
 
+from brokers.config import BrokerConfig
+from brokers.fake import FakeBroker
+from engine.config import DaemonConfig
 from engine.execution import OrderManager
-from engine.journal import JOURNAL_FILE, Journal
+from engine.journal import Journal
 from engine.reconcile import Reconciler
-from engine.recovery import EquityMarker, Recovered, recover
+from engine.recovery import EquityMarker, Recovered
 from engine.stats import SessionStats
+from engine.system import SystemSpec, TradingSystem, build_system
 from kernel.bus import Bus
 from kernel.clock import ReplayClock
-from kernel.events import Event, OrderFilled, SubmitOrder, TradingStateChanged
+from kernel.events import Event
 from portfolio import Portfolio
-from tests.daemon.fake_broker import T0, FakeBroker
+from risk.config import RiskConfig
+from tests.kit import T0
 
 
 class Session:
-    """One daemon lifetime over ``state_dir`` and ``broker``; ``await start()``/``stop()``."""
+    """``await start()`` enters the system and rebuilds its books from the journal and
+    the broker (``TradingSystem.start_books``); ``stop()`` leaves it in order; ``crash()``
+    dies without flushing."""
 
-    def __init__(self, state_dir: Path, broker: FakeBroker) -> None:
+    def __init__(self, state_dir: Path, broker: FakeBroker, *,
+                 risk: RiskConfig | None = None) -> None:
         self.broker = broker
         self.clock = ReplayClock(T0)
         self.events: list[Event] = []
-        self.bus = Bus()
-        self.journal = Journal(state_dir / JOURNAL_FILE, clock=self.clock)
-        self.portfolio = Portfolio(Decimal(100_000), publish=self.bus.publish)
-        self.orders = OrderManager(broker, clock=self.clock, publish=self.bus.publish,
-                                   on_intent=self.journal.record_intent)
-        self.stats = SessionStats()
-        self.state = "ACTIVE"
-        self.reconciler = Reconciler(broker, orders=self.orders, portfolio=self.portfolio,
-                                     clock=self.clock, publish=self.bus.publish,
-                                     journal=self.journal, trading_state=lambda: self.state,
-                                     confirm_delay=0.0, grace_secs=30)
-        self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock)
-        self.journal.attach(self.bus)
-        self.stats.attach(self.bus)
-        self.reconciler.attach(self.bus)
-        self.bus.subscribe(OrderFilled, self.portfolio.on_fill)
+        self.system: TradingSystem = build_system(
+            SystemSpec(name="fake", broker=BrokerConfig(), risk=risk or RiskConfig(),
+                       state_dir=state_dir),
+            daemon=DaemonConfig(state_dir=state_dir), clock=self.clock, environ={},
+            broker=broker.connect)
         self.bus.subscribe(Event, self.events.append)
-        self.bus.subscribe(TradingStateChanged, self._on_state)
-        self.bus.register(SubmitOrder, self.orders.execute_submit)
-        broker.sink = self.orders.on_report
-        self._stack = AsyncExitStack()
-        self.recovered: Recovered | None = None
 
-    def _on_state(self, e: TradingStateChanged) -> None:
-        self.state = e.new
+    # -- the system's parts ----------------------------------------------------------------
+
+    @property
+    def bus(self) -> Bus:
+        return self.system.bus
+
+    @property
+    def journal(self) -> Journal:
+        assert self.system.journal is not None
+        return self.system.journal
+
+    @property
+    def orders(self) -> OrderManager:
+        return self.system.orders
+
+    @property
+    def portfolio(self) -> Portfolio:
+        return self.system.portfolio
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self.system.reconciler
+
+    @property
+    def marker(self) -> EquityMarker:
+        return self.system.marker
+
+    @property
+    def stats(self) -> SessionStats:
+        return self.system.stats
+
+    @property
+    def state(self) -> str:
+        """The trading state (ACTIVE, REDUCING, HALTED)."""
+        return str(self.system.risk_state.state)
+
+    # -- lifetime --------------------------------------------------------------------------
 
     async def start(self) -> Recovered:
-        await self._stack.enter_async_context(self.journal)
-        await self._stack.enter_async_context(self.orders)
-        await self._stack.enter_async_context(self.reconciler)
-        self.recovered = await recover(
-            journal=self.journal, broker=self.broker, orders=self.orders,
-            portfolio=self.portfolio, stats=self.stats, marker=self.marker,
-            reconciler=self.reconciler, clock=self.clock)
-        return self.recovered
+        await self.system.__aenter__()
+        await self.system.start_books()
+        assert self.system.recovered is not None
+        return self.system.recovered
 
     async def stop(self) -> None:
         await self.orders.drained()
-        await self._stack.aclose()
+        await self.system.__aexit__(None, None, None)
 
     async def crash(self) -> None:
-        """Die without flushing: buffered journal rows are lost, like a SIGKILL."""
+        """Die without flushing: buffered journal rows are lost, like a SIGKILL (and the
+        final books are not journaled, the journal being closed already)."""
         self.journal._buffer.clear()
-        await self._stack.aclose()
+        self.journal.close()
+        await self.system.__aexit__(None, None, None)
 
     def of(self, kind: type[Event]) -> list[Event]:
         return [e for e in self.events if isinstance(e, kind)]

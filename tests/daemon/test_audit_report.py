@@ -11,17 +11,23 @@ from pathlib import Path
 
 import pytest
 
+from brokers.fake import FakeBroker
 from daemon.cli import main
 from kernel.events import OrderDenied, SignalBatch, SubmitOrder
 from kernel.model import Signal
-from tests.daemon.fake_broker import T0, FakeBroker, intent
+from risk.config import RiskConfig
 from tests.daemon.session import Session
+from tests.kit import T0, intent
 
 
 async def _session(tmp_path: Path) -> None:
-    """A denied signal (MAX_POSITION) and a filled order (two fills) for AAPL/MSFT."""
+    """A denied signal (MAX_POSITION) and a filled order (two fills) for AAPL/MSFT.
+
+    The signals are journaled by the system; its sizing threshold (0.95) is above their
+    strengths, so the system itself trades neither: the denial and the order for them
+    are the test's own."""
     broker = FakeBroker()
-    s = Session(tmp_path, broker)
+    s = Session(tmp_path, broker, risk=RiskConfig(signal_threshold=0.95))
     await s.start()
     sig_msft = Signal("demo:1:MSFT", "MSFT", 0.9, 400.0, T0, "demo")
     sig_aapl = Signal("demo:1:AAPL", "AAPL", 0.7, 100.0, T0, "demo")

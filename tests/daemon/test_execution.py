@@ -1,5 +1,5 @@
-"""The order manager against a recording fake broker: what reaches the broker, what is
-published, how ambiguity is resolved (never by re-sending), and the views sizing uses."""
+"""The order manager against the fake broker: what reaches the broker, what is published,
+how ambiguity is resolved (never by re-sending), and the views sizing uses."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from brokers.config import BrokerConfig
+from brokers.fake import FakeBroker
+from engine.config import DaemonConfig
 from engine.execution import OrderManager
-from kernel.broker import Broker, BrokerOrder
-from kernel.bus import Bus
+from engine.system import SystemSpec, build_system
+from kernel.broker import BrokerOrder
 from kernel.clock import ReplayClock
 from kernel.errors import AmbiguousSubmission, BrokerRejected, BrokerUnavailable
 from kernel.events import (
@@ -33,8 +37,7 @@ from kernel.events import (
 )
 from kernel.model import Fill, OrderSide, OrderType, TimeInForce
 from kernel.orders import OrderStatus
-from portfolio.book import Portfolio
-from tests.fakes import RecordingBroker
+from risk.config import RiskConfig
 
 # 10:00 New York (EST) on a Tuesday
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
@@ -63,7 +66,7 @@ def broker_order(cid: str, status: OrderStatus, broker_id: str = "b-1") -> Broke
 
 @dataclass
 class Rig:
-    broker: RecordingBroker
+    broker: FakeBroker
     clock: ReplayClock
     manager: OrderManager
     published: list[Event] = field(default_factory=list)
@@ -73,11 +76,13 @@ class Rig:
 
 
 def build(**kwargs: object) -> Rig:
-    broker = RecordingBroker()
+    """The order manager with its one collaborator, a fake broker that takes orders in
+    silently (``report=False``): every report in these tests is the test's own."""
+    broker = FakeBroker(report=False)
     clock = ReplayClock(T0)
     published: list[Event] = []
     manager = OrderManager(broker, clock=clock, publish=published.append, **kwargs)  # type: ignore[arg-type]
-    broker.sink = manager.on_report
+    broker.connect(manager.on_report)
     return Rig(broker, clock, manager, published)
 
 
@@ -86,11 +91,6 @@ async def rig() -> AsyncIterator[Rig]:
     r = build(submit_timeout=0.2)
     async with r.manager:
         yield r
-
-
-class TestRecordingBroker:
-    def test_fake_when_checked_then_satisfies_broker_protocol(self) -> None:
-        assert isinstance(RecordingBroker(), Broker)
 
 
 class TestOrderManagerLifecycle:
@@ -123,7 +123,7 @@ class TestOrderManagerSubmit:
 
         # Assert
         assert rig.published == [OrderSubmitted(client_order_id="td-1", ts=T0)]
-        assert rig.broker.submitted == [order_intent]
+        assert rig.broker.received == [order_intent]
         assert rig.manager.orders["td-1"].status is OrderStatus.PENDING_NEW
         assert [e["event"] for e in logs] == ["order.submitted"]
 
@@ -197,7 +197,7 @@ class TestOrderManagerAmbiguous:
     async def test_ambiguous_when_broker_knows_order_then_acknowledged(self, rig: Rig) -> None:
         # Arrange
         rig.broker.fail_next_submit(AmbiguousSubmission("read timeout"))
-        rig.broker.known["td-1"] = broker_order("td-1", OrderStatus.NEW, broker_id="b-77")
+        rig.broker.orders["td-1"] = broker_order("td-1", OrderStatus.NEW, broker_id="b-77")
 
         # Act
         with capture_logs() as logs:
@@ -215,7 +215,7 @@ class TestOrderManagerAmbiguous:
 
     async def test_ambiguous_when_broker_rejected_it_then_rejected(self, rig: Rig) -> None:
         rig.broker.fail_next_submit(AmbiguousSubmission("reset"))
-        rig.broker.known["td-1"] = broker_order("td-1", OrderStatus.REJECTED)
+        rig.broker.orders["td-1"] = broker_order("td-1", OrderStatus.REJECTED)
 
         rig.manager.execute_submit(SubmitOrder(intent()))
         await asyncio.wait_for(rig.manager.drained(), 1)
@@ -240,7 +240,7 @@ class TestOrderManagerAmbiguous:
         self, rig: Rig
     ) -> None:
         rig.broker.hang_submit = True
-        rig.broker.known["td-1"] = broker_order("td-1", OrderStatus.ACCEPTED)
+        rig.broker.orders["td-1"] = broker_order("td-1", OrderStatus.ACCEPTED)
 
         rig.manager.execute_submit(SubmitOrder(intent()))
         await asyncio.wait_for(rig.manager.drained(), 2)
@@ -253,24 +253,25 @@ class TestOrderManagerAmbiguous:
 
 class TestOrderManagerReports:
     async def test_report_when_duplicate_fill_then_published_once_and_booked_once(
-        self,
+        self, tmp_path: Path
     ) -> None:
-        # Arrange: a real bus with the portfolio behind it
-        bus = Bus()
-        portfolio = Portfolio(Decimal(100_000))
-        bus.subscribe(OrderFilled, portfolio.on_fill)
+        # Arrange: the order manager in a trading system, with the portfolio behind it
+        broker = FakeBroker(report=False)
+        system = build_system(
+            SystemSpec(name="fake", broker=BrokerConfig(), risk=RiskConfig(),
+                       state_dir=tmp_path),
+            daemon=DaemonConfig(state_dir=tmp_path), clock=ReplayClock(T0), environ={},
+            broker=broker.connect, journaling=False)
+        portfolio, manager = system.portfolio, system.orders
         fills: list[Event] = []
-        bus.subscribe(OrderFilled, fills.append)
-        broker = RecordingBroker()
-        manager = OrderManager(broker, clock=ReplayClock(T0), publish=bus.publish)
-        broker.sink = manager.on_report
-        manager.execute_submit(SubmitOrder(intent(qty=10)))
-        broker.report(OrderNew(client_order_id="td-1", ts=T0))
+        system.bus.subscribe(OrderFilled, fills.append)
+        system.bus.send(SubmitOrder(intent(qty=10)))
+        broker.emit(OrderNew(client_order_id="td-1", ts=T0))
 
         # Act: the stream delivers the same execution twice
         with capture_logs() as logs:
-            broker.report(filled("td-1", "exec-1", 4, "150.00"))
-            broker.report(filled("td-1", "exec-1", 4, "150.00"))
+            broker.emit(filled("td-1", "exec-1", 4, "150.00"))
+            broker.emit(filled("td-1", "exec-1", 4, "150.00"))
 
         # Assert
         assert len(fills) == 1
@@ -284,7 +285,7 @@ class TestOrderManagerReports:
         stray = OrderCanceled(client_order_id="not-ours", ts=T0)
 
         with capture_logs() as logs:
-            rig.broker.report(stray)
+            rig.broker.emit(stray)
 
         assert rig.manager.unknown_reports == [stray]
         assert rig.published == []
@@ -294,11 +295,11 @@ class TestOrderManagerReports:
         self, rig: Rig
     ) -> None:
         rig.manager.execute_submit(SubmitOrder(intent()))
-        rig.broker.report(OrderCanceled(client_order_id="td-1", ts=T0))
+        rig.broker.emit(OrderCanceled(client_order_id="td-1", ts=T0))
         rig.published.clear()
 
         with capture_logs():
-            rig.broker.report(OrderNew(client_order_id="td-1", ts=T0))
+            rig.broker.emit(OrderNew(client_order_id="td-1", ts=T0))
 
         assert rig.published == []
         assert rig.manager.stats["illegal_transition"] == 1
@@ -309,16 +310,16 @@ class TestOrderManagerReports:
         rig.published.clear()
 
         with capture_logs():
-            rig.broker.report(filled("td-1", "x1", 6))
+            rig.broker.emit(filled("td-1", "x1", 6))
 
         assert [type(e) for e in rig.published] == [AlertRaised]
         assert rig.published[0].severity == "critical"  # type: ignore[attr-defined]
         assert rig.manager.orders["td-1"].filled_qty == 0
 
     async def test_report_when_not_an_order_event_then_passed_through(self, rig: Rig) -> None:
-        status = BrokerStatusChanged(broker="recording", status="connected", ts=T0)
+        status = BrokerStatusChanged(broker="fake", status="connected", ts=T0)
 
-        rig.broker.report(status)
+        rig.broker.emit(status)
 
         assert rig.published == [status]
 
@@ -351,7 +352,7 @@ class TestOrderManagerCancel:
 
     async def test_cancel_when_order_done_then_broker_not_called(self, rig: Rig) -> None:
         rig.manager.execute_submit(SubmitOrder(intent()))
-        rig.broker.report(OrderCanceled(client_order_id="td-1", ts=T0))
+        rig.broker.emit(OrderCanceled(client_order_id="td-1", ts=T0))
 
         with capture_logs() as logs:
             rig.manager.execute_cancel(CancelOrder("td-1"))
@@ -376,8 +377,8 @@ class TestOrderManagerViews:
         rig.manager.execute_submit(SubmitOrder(intent("m1", symbol="MSFT", qty=7)))
 
         # Act
-        rig.broker.report(filled("b1", "x1", 4))
-        rig.broker.report(filled("s1", "x2", 3, side=OrderSide.SELL))
+        rig.broker.emit(filled("b1", "x1", 4))
+        rig.broker.emit(filled("s1", "x2", 3, side=OrderSide.SELL))
 
         # Assert: 6 left to buy; the sell is done; MSFT is another symbol
         assert rig.manager.working_qty("AAPL") == 6
@@ -426,7 +427,7 @@ class TestOrderManagerViews:
 
         await asyncio.wait_for(rig.manager.drained(), 1)
 
-        assert [i.client_order_id for i in rig.broker.submitted] == [f"td-{n}" for n in range(5)]
+        assert rig.broker.submitted == [f"td-{n}" for n in range(5)]
 
     async def test_drained_when_nothing_submitted_then_returns_at_once(self, rig: Rig) -> None:
         await asyncio.wait_for(rig.manager.drained(), 0.5)

@@ -13,7 +13,7 @@ from kernel.bus import Bus
 from kernel.clock import ReplayClock
 from kernel.events import AlertRaised, OrderDenied, OrderFilled, OrderIntent, SignalBatch
 from kernel.model import Fill, OrderSide, Signal
-from tests.daemon.fake_broker import T0, intent
+from tests.kit import T0, intent
 
 
 def _count(path: Path, type_: str) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from brokers.fake import FakeBroker
 from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
@@ -16,8 +17,8 @@ from kernel.events import (
     TradingStateChanged,
 )
 from kernel.orders import OrderStatus
-from tests.daemon.fake_broker import FakeBroker, intent
 from tests.daemon.session import Session
+from tests.kit import intent
 
 
 async def _started(tmp_path: Path, broker: FakeBroker | None = None) -> Session:

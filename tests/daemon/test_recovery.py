@@ -6,10 +6,11 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+from brokers.fake import FakeBroker
 from kernel.events import OrderAbandoned, SubmitOrder
 from kernel.orders import OrderStatus
-from tests.daemon.fake_broker import FakeBroker, intent
 from tests.daemon.session import Session
+from tests.kit import intent
 
 
 async def _trade(s: Session, cid: str, qty: int = 10, price: str = "100") -> None:
@@ -63,11 +64,13 @@ class TestRecovery:
 
     async def test_restart_when_intent_never_reached_broker_then_abandoned_not_resent(
             self, tmp_path: Path):
-        # Arrange: the intent is journaled (fsync) and the process dies before the call
+        # Arrange: the intent is journaled and fsynced (as the system does just before
+        # the broker call) and the process dies before the call
         broker = FakeBroker()
         s1 = Session(tmp_path, broker)
         await s1.start()
         s1.journal.record_intent(intent("c1"))
+        s1.journal.ensure_durable()
         await s1.crash()
         # Act
         s2 = Session(tmp_path, broker)
@@ -93,6 +96,7 @@ class TestRecovery:
         await s1.start()
         i = intent("c1", qty=10)
         s1.journal.record_intent(i)
+        s1.journal.ensure_durable()  # fsynced before the broker call, as the system does
         broker.accept(i, report=False)  # at the broker; the ack never reached the daemon
         await s1.crash()
         broker.fill("c1", 6, Decimal("99"), report=False)  # while the daemon was down

@@ -1,121 +1,55 @@
-"""Test kit for the risk components: a recording fake broker with its own books, the real
-paper broker with a receipt log, a recording order sink, and a harness wiring the real
-gate, state, portfolio and order manager on a real bus with a replay clock."""
+"""Test kit for the risk components: a trading system built by ``engine.system.build_system``
+exactly as the daemon builds one, around the ``FakeBroker`` or the real paper broker with a
+receipt log, on a replay clock in a regular session, with every order that passed the gate
+recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 
-from brokers.config import PaperConfig
+from brokers.config import BrokerConfig, PaperConfig
+from brokers.fake import FakeBroker
 from brokers.paper import PaperBroker
+from engine.config import DaemonConfig
 from engine.execution import OrderManager
-from kernel.broker import BrokerOrder
+from engine.system import SystemSpec, TradingSystem, build_system
+from kernel.broker import BrokerOrder, EventSink
 from kernel.bus import Bus
 from kernel.clock import Clock, ReplayClock
 from kernel.errors import BrokerRejected
 from kernel.events import (
     BarBatch,
+    BrokerStatusChanged,
     Event,
-    OrderFilled,
+    OrderApproved,
     OrderIntent,
-    OrderNew,
+    OrderSubmitted,
     PlaceOrder,
-    SubmitOrder,
 )
-from kernel.model import (
-    AccountSnapshot,
-    BrokerPosition,
-    Fill,
-    MarketClock,
-    OrderSide,
-    OrderType,
-    Signal,
-    TimeInForce,
-)
+from kernel.model import AccountSnapshot, OrderSide, OrderType, Signal, TimeInForce
 from kernel.views import Totals
 from portfolio.book import Portfolio
-from risk.config import RiskConfig
+from risk.config import GlobalRiskConfig, RiskConfig
 from risk.gate import Gate
 from risk.market import AlwaysOpen, Market
 from risk.modes import ExecutionMode, ExecutionModes
 from risk.state import TradingStatus
-from risk.wiring import wire_risk
 
 # Monday 2024-07-01 11:00 New York: a regular session.
 SESSION = datetime(2024, 7, 1, 15, 0, tzinfo=UTC)
 PRICES = {"AAPL": 150.0, "MSFT": 300.0, "XOM": 100.0, "CVX": 150.0, "F": 12.0, "BRK": 20000.0}
-
-
-class FakeBroker:
-    """Records every order that reaches it and keeps its own books (positions, cash),
-    independent of the daemon's portfolio. Fills happen only when the test says."""
-
-    name = "fake"
-
-    def __init__(self, cash: Decimal = Decimal(100_000)) -> None:
-        self.sink: Any = None
-        self.cash = cash
-        self.books: dict[str, int] = {}
-        self.received: list[OrderIntent] = []
-        self.open: dict[str, OrderIntent] = {}
-        self.canceled: list[str] = []
-        self._exec = itertools.count(1)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        return None
-
-    async def submit(self, intent: OrderIntent) -> None:
-        self.received.append(intent)
-        self.open[intent.client_order_id] = intent
-
-    def fill(self, cid: str, price: Decimal, ts: datetime) -> Fill:
-        intent = self.open.pop(cid)
-        f = Fill(execution_id=f"x{next(self._exec)}", client_order_id=cid,
-                 symbol=intent.symbol, side=intent.side, qty=intent.qty, price=price, ts=ts)
-        self.books[f.symbol] = self.books.get(f.symbol, 0) + f.signed_qty
-        self.cash -= f.price * f.signed_qty
-        return f
-
-    async def cancel(self, client_order_id: str) -> None:
-        self.canceled.append(client_order_id)
-        self.open.pop(client_order_id, None)
-
-    async def cancel_all(self) -> None:
-        for cid in list(self.open):
-            await self.cancel(cid)
-
-    async def replace(self, *a: Any, **k: Any) -> None:
-        raise NotImplementedError
-
-    async def get_order(self, client_order_id: str) -> None:
-        return None
-
-    async def open_orders(self) -> list[Any]:
-        return []
-
-    async def fills_since(self, since: datetime) -> list[Any]:
-        return []
-
-    async def positions(self) -> list[BrokerPosition]:
-        return [BrokerPosition(s, q, Decimal(0)) for s, q in self.books.items() if q]
-
-    async def account(self) -> AccountSnapshot:
-        raise NotImplementedError
-
-    async def clock(self) -> MarketClock | None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +69,7 @@ class AuditedPaperBroker(PaperBroker):
     handed (before its own validation), so a test can check each one against the books
     the broker held at that moment."""
 
-    def __init__(self, *, cfg: PaperConfig, clock: Clock, sink: Any) -> None:
+    def __init__(self, *, cfg: PaperConfig, clock: Clock, sink: EventSink) -> None:
         super().__init__(cfg=cfg, clock=clock, sink=sink)
         self._audit_clock = clock
         self.receipts: list[Receipt] = []
@@ -151,65 +85,126 @@ class AuditedPaperBroker(PaperBroker):
         self.receipts.append(receipt)
 
 
-class RecordingSink:
-    """The ``SubmitOrder`` handler in tests: records, then hands to the order manager."""
-
-    def __init__(self, orders: OrderManager) -> None:
-        self.orders = orders
-        self.submitted: list[OrderIntent] = []
-
-    def execute(self, cmd: SubmitOrder) -> None:
-        self.submitted.append(cmd.intent)
-        self.orders.execute_submit(cmd)
-
-
 class Harness:
-    """Real gate, state, portfolio and order manager on a real bus, with the recording
-    fake broker, or with ``paper``, the real paper broker (``AuditedPaperBroker``) wired
-    as the daemon wires it: bar batches reach the broker first (it fills on them), and
-    its reports go to the order manager, then as ``OrderFilled`` to the portfolio. The
-    paper harness needs a running loop and ``async with h.orders`` to submit."""
+    """One account as the daemon wires it (``build_system``, no journal), with the
+    ``FakeBroker`` (``broker``; ``holdings`` are its positions, bought at ``PRICES``, before
+    the start), or with ``paper``, the real paper broker (``AuditedPaperBroker``), which
+    fills working orders on each bar batch.
 
-    broker: Any
+    Enter it (``async with``): the system is entered (broker, order manager worker,
+    reconciler); with ``reconciled`` its books are then taken from the broker and
+    reconciled (``TradingSystem.start_books``), as the daemon does before its feed starts;
+    then one bar batch at ``PRICES`` sets the market. ``submitted`` lists, in order, every
+    intent the gate approved that the order manager took (an order manager taking one the
+    gate never approved fails the system, and leaving the harness raises).
+    """
 
     def __init__(self, cfg: RiskConfig | None = None, *, now: datetime = SESSION,
                  cash: float = 100_000, market: Market | None = None,
-                 mode: ExecutionMode = ExecutionMode.FULL_AUTO,
-                 reconciled: bool = True, paper: PaperConfig | None = None,
-                 totals: Totals | None = None, global_gross: float | None = None) -> None:
+                 mode: ExecutionMode = ExecutionMode.FULL_AUTO, reconciled: bool = True,
+                 paper: PaperConfig | None = None, holdings: Mapping[str, int] | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 state_dir: Path | None = None, totals: Totals | None = None,
+                 global_gross: float | None = None) -> None:
         self.cfg = cfg or RiskConfig()
         self.clock = ReplayClock(now)
+        self.reconciled = reconciled
+        self._tmp = tempfile.TemporaryDirectory() if state_dir is None else None
+        state_dir = Path(self._tmp.name) if self._tmp is not None else state_dir
+        assert state_dir is not None
+        paper_cfg = (paper or PaperConfig()).model_copy(update={"initial_cash": Decimal(cash)})
+        spec = SystemSpec(name="this", broker=BrokerConfig(paper=paper_cfg), risk=self.cfg,
+                          state_dir=state_dir)
+        self.system: TradingSystem = build_system(
+            spec, daemon=DaemonConfig(execution_mode=mode.value, state_dir=state_dir),
+            clock=self.clock, environ=environ or {}, journaling=False,
+            broker=self._broker_factory(paper_cfg if paper else None, holdings, cash),
+            market=market or AlwaysOpen(), totals=totals,
+            global_risk=GlobalRiskConfig(max_gross_exposure=global_gross))
+        self.broker: Any = self.system.broker
         self.events: list[Event] = []
-        self.bus = Bus()
+        self.submitted: list[OrderIntent] = []
+        self._approved: dict[str, OrderIntent] = {}
         self.bus.subscribe(Event, self.events.append)
-        pub = self.bus.publish
-        self.portfolio = Portfolio(Decimal(cash), publish=pub)
-        if paper is None:
-            self.broker = FakeBroker(Decimal(cash))
-        else:
-            paper = paper.model_copy(update={"initial_cash": Decimal(cash)})
-            self.broker = AuditedPaperBroker(cfg=paper, clock=self.clock,
-                                             sink=self._on_broker_event)
-            self.bus.subscribe(BarBatch, self.broker.on_bars)  # first, as in the daemon
-        self.orders = OrderManager(self.broker, clock=self.clock, publish=pub)
-        self.state = TradingStatus(clock=self.clock, publish=pub, reconciled=reconciled)
-        self.modes = ExecutionModes(mode, clock=self.clock, send=self.bus.send,
-                                    approval_notional=self.cfg.approval_notional)
-        self.sink = RecordingSink(self.orders)
-        self.gate = Gate(self.cfg, clock=self.clock, portfolio=self.portfolio,
-                         orders=self.orders, state=self.state, publish=pub,
-                         send=self.bus.send, market=market or AlwaysOpen(), modes=self.modes,
-                         account="this", totals=totals, global_gross_pct=global_gross)
-        self.bus.register(SubmitOrder, self.sink.execute)
-        self.bus.subscribe(OrderFilled, self.portfolio.on_fill)
-        self.bus.subscribe(BarBatch, self.portfolio.on_bars)
-        wire_risk(self.bus, gate=self.gate, state=self.state)
-        self.bars(PRICES)
+        self.bus.subscribe(OrderApproved, self._on_approved)
+        self.bus.subscribe(OrderSubmitted, self._on_submitted)
+        self._ready = asyncio.Event()
+        self.bus.subscribe(BrokerStatusChanged, self._on_broker_status)
         self._n = itertools.count(1)
 
-    def _on_broker_event(self, event: Event) -> None:
-        """As ``Daemon._on_broker_event``: broker reports go to the order manager."""
-        self.orders.on_report(event)
+    def _broker_factory(self, paper: PaperConfig | None, holdings: Mapping[str, int] | None,
+                        cash: float) -> Callable[[EventSink], Any]:
+        if paper is not None:
+            assert not holdings, "the paper harness starts flat"
+            return lambda sink: AuditedPaperBroker(cfg=paper, clock=self.clock, sink=sink)
+        fake = FakeBroker(Decimal(cash), clock=self.clock)
+        for symbol, qty in (holdings or {}).items():
+            px = Decimal(repr(PRICES[symbol]))
+            fake.set_position(symbol, qty, px)
+            fake.cash -= px * qty
+        return fake.connect
+
+    def _on_approved(self, event: OrderApproved) -> None:
+        self._approved[event.intent.client_order_id] = event.intent
+
+    def _on_submitted(self, event: OrderSubmitted) -> None:
+        self.submitted.append(self._approved.pop(event.client_order_id))
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.system.__aenter__()
+        if self.reconciled:
+            await self.system.start_books()
+        self.bars(PRICES)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            await self.system.__aexit__(et, e, tb)
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+        if e is None and self.system.failure is not None:
+            raise AssertionError(f"the system failed: {self.system.failure!r}")
+
+    async def reconciled_again(self, timeout: float = 5.0) -> None:
+        """Let the loop run the reconciliation pass the system started on its own (it
+        answers a broker's ``recovering`` with one) until the books are confirmed."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    def _on_broker_status(self, event: BrokerStatusChanged) -> None:
+        if self.system.ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    # -- the system's parts --------------------------------------------------------------
+
+    @property
+    def bus(self) -> Bus:
+        return self.system.bus
+
+    @property
+    def gate(self) -> Gate:
+        return self.system.gate
+
+    @property
+    def orders(self) -> OrderManager:
+        return self.system.orders
+
+    @property
+    def portfolio(self) -> Portfolio:
+        return self.system.portfolio
+
+    @property
+    def state(self) -> TradingStatus:
+        return self.system.risk_state
+
+    @property
+    def modes(self) -> ExecutionModes:
+        return self.system.modes
 
     # -- arrange -----------------------------------------------------------------------
 
@@ -218,27 +213,16 @@ class Harness:
         syms = tuple(closes)
         c = np.array([closes[s] for s in syms])
         o = np.array([(opens or {}).get(s, closes[s]) for s in syms])
-        self.bus.publish(BarBatch(ts=self.clock.now(), symbols=syms, open=o, high=np.maximum(o, c),
-                                  low=np.minimum(o, c), close=c,
-                                  volume=np.full(len(syms), volume)))
+        self.system.on_bars(BarBatch(ts=self.clock.now(), symbols=syms, open=o,
+                                     high=np.maximum(o, c), low=np.minimum(o, c), close=c,
+                                     volume=np.full(len(syms), volume)))
 
-    def hold(self, symbol: str, qty: int, price: float | None = None) -> None:
-        """Book a position as if filled (portfolio and the broker's books)."""
-        px = Decimal(repr(price if price is not None else PRICES[symbol]))
-        side = OrderSide.BUY if qty > 0 else OrderSide.SELL
-        f = Fill(execution_id=f"h{next(self._n)}", client_order_id=f"hold-{symbol}",
-                 symbol=symbol, side=side, qty=abs(qty), price=px, ts=self.clock.now())
-        self.bus.publish(OrderFilled(client_order_id=f.client_order_id, ts=f.ts, fill=f))
-        self.broker.books[symbol] = self.broker.books.get(symbol, 0) + qty
-        self.broker.cash -= px * qty
-
-    def fill(self, cid: str, price: Decimal | None = None) -> None:
-        """The broker fills an order it received; the report flows through the manager."""
-        intent = next(i for i in self.sink.submitted if i.client_order_id == cid)
-        self.broker.open.setdefault(cid, intent)
-        f = self.broker.fill(cid, price or intent.reference_price, self.clock.now())
-        self.orders.on_report(OrderNew(client_order_id=cid, ts=self.clock.now()))
-        self.orders.on_report(OrderFilled(client_order_id=cid, ts=self.clock.now(), fill=f))
+    async def fill(self, cid: str, price: Decimal | None = None) -> None:
+        """The fake broker fills an order in full once the order manager has handed it
+        over; its reports flow back through the system."""
+        await self.orders.drained()
+        intent = next(i for i in self.submitted if i.client_order_id == cid)
+        self.broker.fill(cid, intent.qty, price or intent.reference_price)
 
     # -- act ---------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """Table-driven tests of the pre-trade gate: every reason code passes once and denies once.
 
-Each case arranges a harness (real gate, state, portfolio, order manager on a real bus),
-places one intent, and checks the ``gate.reject`` / ``gate.pass`` log line with its
-numbers, the ``OrderDenied`` event, and whether anything reached the order sink.
+Each case arranges a harness (a trading system built as the daemon builds it, around the
+fake broker), places one intent, and checks the ``gate.reject`` / ``gate.pass`` log line
+with its numbers, the ``OrderDenied`` event, and whether anything reached the order
+manager.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,13 +18,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent
-from kernel.model import OrderSide
+from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent, SignalBatch
+from kernel.model import OrderSide, Signal
 from risk.config import RiskConfig
 from risk.market import MarketHours
 from risk.modes import ExecutionMode
 from risk.reasons import ReasonCode
 from risk.state import TradingState
+from tests.risk.conftest import MakeHarness
 from tests.risk.harness import SESSION, Harness
 
 H = TradingState.HALTED
@@ -32,11 +35,14 @@ PRE_MARKET = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)  # 08:00 New York
 _MARKET = MarketHours()
 
 
+Act = Callable[[Harness], OrderIntent | Awaitable[OrderIntent]]
+
+
 @dataclass
 class Case:
     id: str
     reason: ReasonCode
-    act: Callable[[Harness], OrderIntent]
+    act: Act
     deny: bool
     limit: Any = None
     observed: Any = None
@@ -61,11 +67,15 @@ def halt(who: str, state: TradingState = H) -> Callable[[Harness], None]:
     return lambda h: h.state.request(state, who=who, why="test")
 
 
-def seq(*steps: Callable[[Harness], Any], last: Callable[[Harness], OrderIntent]
-        ) -> Callable[[Harness], OrderIntent]:
-    def run(h: Harness) -> OrderIntent:
+async def _do(step: Callable[[Harness], Any], h: Harness) -> Any:
+    result = step(h)
+    return await result if inspect.isawaitable(result) else result
+
+
+def seq(*steps: Callable[[Harness], Any], last: Callable[[Harness], OrderIntent]) -> Act:
+    async def run(h: Harness) -> OrderIntent:
         for s in steps:
-            s(h)
+            await _do(s, h)
         return last(h)
     return run
 
@@ -100,22 +110,24 @@ CASES = [
          seq(halt("kill_switch:file"), halt("operator", TradingState.ACTIVE),
              last=Harness.intent), False, qty=5),
     Case("kill_blocks_emergency", R.KILL_SWITCH,
-         seq(lambda h: h.hold("AAPL", 10), halt("kill_switch:signal"), last=emergency_sell),
-         True, "disengaged", "signal"),
+         seq(halt("kill_switch:signal"), last=emergency_sell),
+         True, "disengaged", "signal", setup={"holdings": {"AAPL": 10}}),
     Case("halted", R.TRADING_HALTED, seq(halt("operator"), last=Harness.intent), True,
          "ACTIVE", "HALTED"),
     Case("halted_risk_exit", R.TRADING_HALTED,
-         seq(lambda h: h.hold("AAPL", 10), halt("operator"),
+         seq(halt("operator"),
              last=lambda h: h.intent(side=SELL, qty=10, signal=False, reduce_only=True,
-                                     origin="risk")), True, "ACTIVE", "HALTED"),
+                                     origin="risk")), True, "ACTIVE", "HALTED",
+         setup={"holdings": {"AAPL": 10}}),
     Case("halted_emergency_path", R.TRADING_HALTED,
-         seq(lambda h: h.hold("AAPL", 10), halt("operator"), last=emergency_sell), False,
-         qty=10),
+         seq(halt("operator"), last=emergency_sell), False,
+         qty=10, setup={"holdings": {"AAPL": 10}}),
     Case("reducing_buy", R.REDUCE_ONLY,
          seq(halt("risk_monitor", TradingState.REDUCING), last=Harness.intent), True, 0, 5),
     Case("reducing_sell_cut", R.REDUCE_ONLY,
-         seq(lambda h: h.hold("AAPL", 6), halt("risk_monitor", TradingState.REDUCING),
-             last=lambda h: h.intent(side=SELL, qty=10)), False, qty=6),
+         seq(halt("risk_monitor", TradingState.REDUCING),
+             last=lambda h: h.intent(side=SELL, qty=10)), False, qty=6,
+         setup={"holdings": {"AAPL": 6}}),
     Case("reconciling_start", R.RECONCILING, Harness.intent, True, "books confirmed",
          "reconciling", setup={"reconciled": False}),
     Case("reconciling_recovering", R.RECONCILING,
@@ -159,8 +171,8 @@ CASES = [
     Case("open_session", R.MARKET_CLOSED, Harness.intent, False, qty=5,
          setup={"market": _MARKET}),
     Case("emergency_extended_hours", R.MARKET_CLOSED,
-         seq(lambda h: h.hold("AAPL", 10), halt("operator"), last=emergency_sell), False,
-         qty=10, setup={"market": _MARKET, "now": PRE_MARKET}),
+         seq(halt("operator"), last=emergency_sell), False,
+         qty=10, setup={"holdings": {"AAPL": 10}, "market": _MARKET, "now": PRE_MARKET}),
     Case("deviation", R.PRICE_DEVIATION, lambda h: h.intent(price=151.0), True, 0.005,
          0.006667),
     Case("deviation_within", R.PRICE_DEVIATION, lambda h: h.intent(price=150.5), False, qty=5),
@@ -186,34 +198,38 @@ CASES = [
     Case("over_max_reduced", R.MAX_ORDER_NOTIONAL, lambda h: h.intent("MSFT", 40), False,
          qty=33, setup={"cash": 1_000_000}),
     Case("position_full", R.MAX_POSITION,
-         seq(lambda h: h.hold("AAPL", 33), last=Harness.intent), True, "5000.00", "5700.00"),
+         Harness.intent, True, "5000.00", "5700.00", setup={"holdings": {"AAPL": 33}}),
     Case("position_reduced", R.MAX_POSITION,
-         seq(lambda h: h.hold("AAPL", 30), last=Harness.intent), False, qty=3),
+         Harness.intent, False, qty=3, setup={"holdings": {"AAPL": 30}}),
     Case("gross_full", R.MAX_GROSS_EXPOSURE,
-         seq(lambda h: h.hold("MSFT", 3), last=Harness.intent), True, "1000.00", "1650.00",
-         cfg={"max_gross_exposure": 0.01}),
+         Harness.intent, True, "1000.00", "1650.00",
+         cfg={"max_gross_exposure": 0.01}, setup={"holdings": {"MSFT": 3}}),
     Case("gross_reduced", R.MAX_GROSS_EXPOSURE, lambda h: h.intent(qty=10), False, qty=6,
          cfg={"max_gross_exposure": 0.01}),
     Case("sector_full", R.SECTOR_EXPOSURE,
-         seq(lambda h: h.hold("XOM", 9), last=lambda h: h.intent("CVX", 5)), True, "1000.00",
+         lambda h: h.intent("CVX", 5), True, "1000.00",
          "1650.00", cfg={"max_sector_exposure": 0.01,
-                         "sector_map": {"XOM": "energy", "CVX": "energy"}}),
+                         "sector_map": {"XOM": "energy", "CVX": "energy"}},
+         setup={"holdings": {"XOM": 9}}),
     Case("sector_other", R.SECTOR_EXPOSURE,
-         seq(lambda h: h.hold("XOM", 9), last=lambda h: h.intent("MSFT", 3)), False, qty=3,
-         cfg={"max_sector_exposure": 0.01, "sector_map": {"XOM": "energy", "CVX": "energy"}}),
+         lambda h: h.intent("MSFT", 3), False, qty=3,
+         cfg={"max_sector_exposure": 0.01, "sector_map": {"XOM": "energy", "CVX": "energy"}},
+         setup={"holdings": {"XOM": 9}}),
     Case("global_full", R.GLOBAL_GROSS_EXPOSURE, Harness.intent, True, "60000.00", "60650.00",
          setup={"totals": OtherAccounts(Decimal(59_900)), "global_gross": 0.3}),
     Case("global_reduced", R.GLOBAL_GROSS_EXPOSURE, Harness.intent, False, qty=4,
          setup={"totals": OtherAccounts(Decimal(59_400)), "global_gross": 0.3}),
     Case("short_sale", R.SHORTS_NOT_ALLOWED, lambda h: h.intent(side=SELL), True, 0, -5),
     Case("sell_held", R.SHORTS_NOT_ALLOWED,
-         seq(lambda h: h.hold("AAPL", 5), last=lambda h: h.intent(side=SELL)), False, qty=5),
+         lambda h: h.intent(side=SELL), False, qty=5, setup={"holdings": {"AAPL": 5}}),
     Case("no_cash", R.INSUFFICIENT_BUYING_POWER,
-         seq(lambda h: h.hold("AAPL", 666), last=lambda h: h.intent("MSFT", 5)), True,
-         "100.00", "1515.00", cfg={"max_position_pct": 1.0, "max_gross_exposure": 10}),
+         lambda h: h.intent("MSFT", 5), True,
+         "100.00", "1515.00", cfg={"max_position_pct": 1.0, "max_gross_exposure": 10},
+         setup={"holdings": {"AAPL": 666}}),
     Case("some_cash", R.INSUFFICIENT_BUYING_POWER,
-         seq(lambda h: h.hold("AAPL", 660), last=lambda h: h.intent("MSFT", 5)), False, qty=3,
-         cfg={"max_position_pct": 1.0, "max_gross_exposure": 10}),
+         lambda h: h.intent("MSFT", 5), False, qty=3,
+         cfg={"max_position_pct": 1.0, "max_gross_exposure": 10},
+         setup={"holdings": {"AAPL": 660}}),
     # -- rate -----------------------------------------------------------------------
     Case("symbol_day_full", R.MAX_ORDERS_PER_SYMBOL_DAY,
          seq(lambda h: h.orders.restore_counters(DAY, {"AAPL": 5}), last=Harness.intent),
@@ -244,14 +260,15 @@ CASES = [
     Case("duplicate_order", R.DUPLICATE_ORDER, seq(placed(), last=Harness.intent), True,
          "one open order per symbol and side", "AAPL:buy"),
     Case("after_fill", R.DUPLICATE_ORDER,
-         seq(placed(), lambda h: h.fill(h.sink.submitted[-1].client_order_id),
+         seq(placed(), lambda h: h.fill(h.submitted[-1].client_order_id),
              last=Harness.intent), False, qty=5),
     # -- loss -----------------------------------------------------------------------
     Case("daily_loss", R.DAILY_LOSS_LIMIT,
          seq(restore_marks(103_000, 103_000), last=Harness.intent), True, "0.02", "0.029126"),
     Case("daily_loss_exit", R.DAILY_LOSS_LIMIT,
-         seq(lambda h: h.hold("AAPL", 10), restore_marks(103_000, 103_000),
-             last=lambda h: h.intent(side=SELL, qty=10)), False, qty=10),
+         seq(restore_marks(103_000, 103_000),
+             last=lambda h: h.intent(side=SELL, qty=10)), False, qty=10,
+         setup={"holdings": {"AAPL": 10}}),
     Case("drawdown", R.MAX_DRAWDOWN,
          seq(restore_marks(100_000, 120_000), last=Harness.intent), True, "0.1", "0.166667"),
     Case("drawdown_within", R.MAX_DRAWDOWN,
@@ -266,18 +283,19 @@ CASES = [
 
 class TestGateTable:
     @pytest.mark.parametrize("case", CASES, ids=[f"{c.reason}-{c.id}" for c in CASES])
-    def test_place_order_when_case_then_expected_outcome(self, case: Case) -> None:
+    async def test_place_order_when_case_then_expected_outcome(
+            self, case: Case, harness: MakeHarness) -> None:
         # Arrange
-        h = Harness(RiskConfig(**case.cfg), **case.setup)
-        intent = case.act(h)
-        sent_before = len(h.sink.submitted)
+        h = await harness(RiskConfig(**case.cfg), **case.setup)
+        intent = await _do(case.act, h)
+        sent_before = len(h.submitted)
         # Act
         with capture_logs() as logs:
             h.place(intent)
             if case.then is not None:
                 case.then(h)
         # Assert
-        new = h.sink.submitted[sent_before:]
+        new = h.submitted[sent_before:]
         if case.deny:
             rejects = [e for e in logs if e["event"] == "gate.reject"]
             assert [e["reason"] for e in rejects] == [str(case.reason)], logs
@@ -302,10 +320,10 @@ class TestGateTable:
 
 
 class TestGateReductions:
-    def test_place_order_when_over_position_then_reduce_is_logged_with_numbers(self) -> None:
+    async def test_place_order_when_over_position_then_reduce_is_logged_with_numbers(
+            self, harness: MakeHarness) -> None:
         # Arrange
-        h = Harness()
-        h.hold("AAPL", 30)
+        h = await harness(holdings={"AAPL": 30})
         # Act
         with capture_logs() as logs:
             h.place(h.intent())
@@ -317,41 +335,60 @@ class TestGateReductions:
             "symbol": "AAPL", "client_order_id": reduce[0]["client_order_id"],
             "signal_id": reduce[0]["signal_id"]}]
 
-    def test_place_order_when_signal_nan_then_invalid_signal(self) -> None:
-        h = Harness()
+    async def test_place_order_when_signal_nan_then_invalid_signal(
+            self, harness: MakeHarness) -> None:
+        h = await harness()
         with capture_logs() as logs:
             h.place(h.intent(strength=float("nan")))
         (e,) = [e for e in logs if e["event"] == "gate.reject"]
         assert e["reason"] == "INVALID_SIGNAL" and e["observed"] != e["observed"]
-        assert h.sink.submitted == []
+        assert h.submitted == []
 
-    def test_place_orders_when_batch_exceeds_working_view_then_each_sees_previous(self) -> None:
+    async def test_place_orders_when_batch_exceeds_working_view_then_each_sees_previous(
+            self, harness: MakeHarness) -> None:
         # Orders queued in one dispatch are not yet in the order manager: the gate must
         # count its own passes (here against the gross limit) before they are registered.
-        h = Harness(RiskConfig(max_gross_exposure=0.02))
+        h = await harness(RiskConfig(max_gross_exposure=0.02))
         for sym in ("AAPL", "MSFT", "XOM"):
             h.place(h.intent(sym, 5 if sym != "MSFT" else 3))
-        notional = sum(i.notional for i in h.sink.submitted)
+        notional = sum(i.notional for i in h.submitted)
         assert notional <= Decimal(2000)
+
+
+    async def test_signal_batch_when_new_symbol_priced_below_last_close_then_gross_at_close(
+            self, harness: MakeHarness) -> None:
+        # Arrange: gross limit 12% of $100,000; AAPL held (33 x 150 = $4,950). The batch's
+        # MSFT signal is priced 0.47% below MSFT's last close (within PRICE_DEVIATION).
+        h = await harness(RiskConfig(max_gross_exposure=0.12), holdings={"AAPL": 33})
+        sigs = (Signal("g1", "MSFT", 1.0, 298.6, SESSION, "test"),  # 16 x 300 = $4,800
+                Signal("g2", "F", 1.0, 12.0, SESSION, "test"))  # cut to what is left
+        # Act: one batch, so the F order is decided before the MSFT order is working
+        with capture_logs():
+            h.system.on_signals(SignalBatch(ts=SESSION, source="test", signals=sigs))
+        # Assert: valued at the last closes, the account stays within the limit
+        last = {"AAPL": 150, "MSFT": 300, "F": 12}
+        gross = 33 * 150 + sum(i.qty * last[i.symbol] for i in h.submitted)
+        assert [i.symbol for i in h.submitted] == ["MSFT", "F"]
+        assert gross <= 12_000
 
 
 class TestGateSignalMemory:
     @pytest.mark.parametrize("refuse", ["halted", "kill_switch", "reconciling", "reducing",
                                         "invalid"])
-    def test_resend_when_signal_refused_before_signal_checks_then_duplicate_signal(
-            self, refuse: str) -> None:
+    async def test_resend_when_signal_refused_before_signal_checks_then_duplicate_signal(
+            self, refuse: str, harness: MakeHarness) -> None:
         # Seen is seen, whichever check refused it: resending must not get it through.
-        h = Harness(reconciled=refuse != "reconciling")
+        h = await harness(reconciled=refuse != "reconciling")
         if refuse in ("halted", "kill_switch", "reducing"):
             state = TradingState.REDUCING if refuse == "reducing" else H
             who = "kill_switch:file" if refuse == "kill_switch" else "operator"
             h.state.request(state, who=who, why="test")
         h.place(h.intent(qty=0 if refuse == "invalid" else 5, signal_id="again"))
-        assert h.sink.submitted == []
+        assert h.submitted == []
         h.state.request(TradingState.ACTIVE, who="operator", why="test")
         h.bus.publish(BrokerStatusChanged(broker="fake", status="ready", ts=SESSION))
         with capture_logs() as logs:
             h.place(h.intent(signal_id="again"))
         (e,) = [e for e in logs if e["event"] == "gate.reject"]
         assert e["reason"] == "DUPLICATE_SIGNAL"
-        assert h.sink.submitted == []
+        assert h.submitted == []

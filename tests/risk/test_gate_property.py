@@ -1,11 +1,13 @@
 """Property: whatever the sequence of signals, intents, prices, fills, clock jumps and
 operator state changes, no order that reaches the paper broker breaks a limit.
 
-The broker is the real ``PaperBroker`` (no store), wired as the daemon wires it: each
-bar batch reaches it first and fills its working orders (market orders at the bar's
-open, with slippage, partially when the volume cap binds); its reports go through the
-order manager to the portfolio. ``AuditedPaperBroker`` keeps, for every order it is
-handed, the broker's own books at that moment (``account()``, ``open_orders()``).
+The account is built by ``engine.system.build_system``, as the daemon builds it, around
+the real ``PaperBroker`` (no store): each bar batch reaches the broker first and fills
+its working orders (market orders at the bar's open, with slippage, partially when the
+volume cap binds); its reports go through the order manager to the portfolio. Signal
+batches go through the system's own sizing. ``AuditedPaperBroker`` keeps, for every
+order it is handed, the broker's own books at that moment (``account()``,
+``open_orders()``).
 
 After every step the test checks each new receipt against every limit the gate
 promises, recomputed by ``Model`` from those books, the test's own record of prices,
@@ -30,7 +32,6 @@ from kernel.events import BrokerStatusChanged, OrderApproved, OrderDenied, Order
 from kernel.model import OrderSide, Signal
 from risk.config import RiskConfig
 from risk.market import MarketHours
-from risk.sizing import Sizer
 from risk.state import TradingState
 from tests.risk.harness import PRICES, Harness, Receipt
 
@@ -279,11 +280,14 @@ async def check_books(h: Harness, m: Model, start: datetime) -> None:
 
 
 async def run(cfg: RiskConfig, paper: PaperConfig, steps: list[tuple[Any, ...]]) -> Model:
-    h = Harness(cfg, market=_MARKET, paper=paper)
+    async with Harness(cfg, market=_MARKET, paper=paper) as h:
+        return await _run(h, cfg, paper, steps)
+
+
+async def _run(h: Harness, cfg: RiskConfig, paper: PaperConfig,
+               steps: list[tuple[Any, ...]]) -> Model:
     m = Model(cfg)
     m.equity = (await h.broker.account()).equity
-    sizer = Sizer(cfg, equity=h.portfolio.equity,
-                  holding=lambda s: h.portfolio.qty(s) + h.orders.working_qty(s), send=h.bus.send)
     h.bus.subscribe(OrderApproved, lambda e: m.observe(h.clock.now()))
     h.bus.subscribe(OrderDenied, lambda e: m.observe(h.clock.now()))
     # Every signal offered to the gate, in order, and where each approval falls in it:
@@ -299,16 +303,15 @@ async def run(cfg: RiskConfig, paper: PaperConfig, steps: list[tuple[Any, ...]])
     h.bus.subscribe(OrderApproved, decided)
     h.bus.subscribe(OrderDenied, decided)
     start = h.clock.now()
-    async with h.orders:
-        for n, s in enumerate(steps):
-            await _step(h, m, sizer, n, s)
-            await h.orders.drained()
-            await check_books(h, m, start)
-            for r in h.broker.receipts[m.checked:]:
-                m.intents[r.intent.client_order_id] = r.intent
-                seen = offered[:approved_at[r.intent.client_order_id]]
-                check_receipt(m, r, {e for e in seen if e is not None}, paper.slippage_bps)
-                m.checked += 1
+    for n, s in enumerate(steps):
+        await _step(h, m, n, s)
+        await h.orders.drained()
+        await check_books(h, m, start)
+        for r in h.broker.receipts[m.checked:]:
+            m.intents[r.intent.client_order_id] = r.intent
+            seen = offered[:approved_at[r.intent.client_order_id]]
+            check_receipt(m, r, {e for e in seen if e is not None}, paper.slippage_bps)
+            m.checked += 1
     return m
 
 
@@ -316,7 +319,7 @@ def _key(i: OrderIntent) -> tuple[str, str] | None:
     return None if i.signal is None else (i.signal.source, i.signal.id)
 
 
-async def _step(h: Harness, m: Model, sizer: Sizer, n: int, s: tuple[Any, ...]) -> None:
+async def _step(h: Harness, m: Model, n: int, s: tuple[Any, ...]) -> None:
     kind, now = s[0], h.clock.now()
     if kind == "signals":
         _, specs, reuse = s
@@ -328,7 +331,7 @@ async def _step(h: Harness, m: Model, sizer: Sizer, n: int, s: tuple[Any, ...]) 
             m.signal_ids.append(sid)
             sigs.append(Signal(sid, sy, strength, float(m.last[sy]) * f,
                                now - timedelta(seconds=age), "prop"))
-        sizer.on_signals(SignalBatch(ts=now, source="prop", signals=tuple(sigs)))
+        h.system.on_signals(SignalBatch(ts=now, source="prop", signals=tuple(sigs)))
     elif kind == "intent":
         _, sy, side, qty, how, f, lim = s
         last = float(m.last[sy])
@@ -365,6 +368,10 @@ async def _step(h: Harness, m: Model, sizer: Sizer, n: int, s: tuple[Any, ...]) 
     elif kind == "reconcile":
         m.reconciling = s[1] == "recovering"
         h.bus.publish(BrokerStatusChanged(broker="paper", status=s[1], ts=now))
+        if s[1] == "recovering":
+            # The system's reconciler answers with a pass of its own (as in the daemon);
+            # the broker stays recovering (the model's view) until it says "ready".
+            await h.reconciled_again()
 
 
 class TestGateProperty:

@@ -3,25 +3,35 @@ already working, in whole shares, inside the min/max order notional."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from engine.execution import OrderManager
+from brokers.config import BrokerConfig
+from brokers.fake import FakeBroker
+from engine.config import DaemonConfig
+from engine.system import SystemSpec, build_system
 from kernel.clock import ReplayClock
-from kernel.events import PlaceOrder, SignalBatch, SubmitOrder
+from kernel.events import BarBatch, Event, OrderApproved, OrderDenied, PlaceOrder, SignalBatch
 from kernel.model import OrderSide, OrderType, Signal, TimeInForce
-from portfolio.book import Portfolio
 from risk.config import RiskConfig
+from risk.market import AlwaysOpen
 from risk.sizing import Sizer, target_qty
-from tests.fakes import RecordingBroker
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
 EQUITY = Decimal(100_000)
+
+
+def bars(**closes: float) -> BarBatch:
+    """One bar per symbol at T0 (open = high = low = close)."""
+    px = np.array(list(closes.values()))
+    return BarBatch(ts=T0, symbols=tuple(closes), open=px, high=px, low=px, close=px,
+                    volume=np.full(len(px), 1e6))
 
 
 def signal(strength: float, price: float = 150.0, symbol: str = "AAPL", sid: str = "s1",
@@ -157,27 +167,34 @@ class TestSizerLimits:
 
 
 class TestSizerWorkingOrders:
-    async def test_on_signals_when_order_still_working_then_no_second_order(self) -> None:
-        # Arrange: real portfolio and order manager behind holding()
-        portfolio = Portfolio(EQUITY)
-        manager = OrderManager(RecordingBroker(), clock=ReplayClock(T0), publish=lambda e: None)
-        sent: list[PlaceOrder] = []
-        s = Sizer(RiskConfig(), equity=portfolio.equity,
-                  holding=lambda sym: portfolio.qty(sym) + manager.working_qty(sym),
-                  send=sent.append)
-        batch = SignalBatch(ts=T0, source="demo", signals=(signal(0.15),))
+    async def test_on_signals_when_order_still_working_then_no_second_order(
+            self, tmp_path: Path) -> None:
+        # Arrange: the account as the daemon wires it (sizing sees the portfolio and the
+        # order manager), reconciled, with a broker that takes orders and leaves them working
+        broker = FakeBroker(EQUITY, clock=ReplayClock(T0))
+        system = build_system(
+            SystemSpec(name="fake", broker=BrokerConfig(), risk=RiskConfig(),
+                       state_dir=tmp_path),
+            daemon=DaemonConfig(state_dir=tmp_path), clock=ReplayClock(T0), environ={},
+            broker=broker.connect, journaling=False, market=AlwaysOpen())
+        decided: list[Event] = []
+        system.bus.subscribe(OrderApproved, decided.append)
+        system.bus.subscribe(OrderDenied, decided.append)
+        async with system:
+            with capture_logs():
+                await system.start_books()
+                system.on_bars(bars(AAPL=150.0))
 
-        # Act: the first order goes to the manager and stays working
-        with capture_logs():
-            s.on_signals(batch)
-            for cmd in sent:
-                manager.execute_submit(SubmitOrder(cmd.intent))
-            s.on_signals(SignalBatch(ts=T0, source="demo", signals=(signal(0.15, sid="s2"),)))
-        await asyncio.sleep(0)
+                # Act: the first order reaches the broker and stays working
+                system.on_signals(SignalBatch(ts=T0, source="demo", signals=(signal(0.15),)))
+                await system.orders.drained()
+                system.on_signals(SignalBatch(ts=T0, source="demo",
+                                              signals=(signal(0.15, sid="s2"),)))
 
-        # Assert
-        assert len(sent) == 1
-        assert manager.working_qty("AAPL") == 5
+            # Assert: sizing sent nothing for the second signal (the gate decided once)
+            assert [type(e) for e in decided] == [OrderApproved]
+            assert broker.submitted == [decided[0].intent.client_order_id]  # type: ignore[attr-defined]
+            assert system.orders.working_qty("AAPL") == 5
 
     def test_on_signals_when_batch_then_one_place_order_per_symbol_to_trade(self) -> None:
         sent: list[PlaceOrder] = []
