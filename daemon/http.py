@@ -66,6 +66,10 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 's
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class BadRequest(Exception):
+    """The request is malformed (answered 400 with the message)."""
+
+
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.json_response(doc, status=status,
                              dumps=lambda d: json.dumps(d, default=str))
@@ -158,6 +162,8 @@ class HttpServer:
                 return refused
         try:
             return await handler(request)
+        except BadRequest as exc:
+            return _json({"ok": False, "error": str(exc)}, 400)
         except web.HTTPException:
             raise
         except Exception as exc:  # the daemon runs on; the caller gets the failure
@@ -284,7 +290,7 @@ async def _why(request: web.Request) -> str | None:
     try:
         body = await request.json()
     except ValueError:
-        raise web.HTTPBadRequest(text='expected a JSON body like {"why": "..."}') from None
+        raise BadRequest('expected a JSON body like {"why": "..."}') from None
     why = body.get("why") if isinstance(body, dict) else None
     return str(why)[:MAX_WHY] if why else None
 
@@ -296,7 +302,7 @@ def _int(request: web.Request, key: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{key} must be an integer") from None
+        raise BadRequest(f"{key} must be an integer") from None
 
 
 __all__ = ["ACTIONS", "HttpServer", "overview"]
