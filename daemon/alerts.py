@@ -155,12 +155,13 @@ class Alerts:
             self._down_since = None
 
     def stopped(self, reason: str, code: int) -> None:
-        """The daemon has stopped: alert before the process exits."""
+        """The daemon has stopped: alert before the process exits (never rate limited:
+        it is the last word)."""
         self.raise_alert("daemon.stopped", "warning" if code == 0 else "critical",
-                         reason or "stopped", {"exit_code": code})
+                         reason or "stopped", {"exit_code": code}, limited=False)
 
     def raise_alert(self, name: str, severity: str, cause: str,
-                    detail: Mapping[str, Any] | None = None) -> bool:
+                    detail: Mapping[str, Any] | None = None, *, limited: bool = True) -> bool:
         """Queue an alert unless deduplicated, rate limited or the queue is full."""
         now = self._mono()
         key = (name, cause)
@@ -170,7 +171,7 @@ class Alerts:
             return False
         while self._recent and now - self._recent[0] >= 60.0:
             self._recent.popleft()
-        if len(self._recent) >= self._cfg.max_per_minute:
+        if limited and len(self._recent) >= self._cfg.max_per_minute:
             return self._refuse("rate_limited", name)
         alert = Alert(name, severity, cause, self._surface.now().isoformat(), dict(detail or {}))
         if not self._urls:
@@ -249,8 +250,9 @@ class Alerts:
         try:
             async for attempt in tenacity.AsyncRetrying(
                     stop=tenacity.stop_after_attempt(self._cfg.attempts),
-                    wait=tenacity.wait_exponential_jitter(initial=self._cfg.backoff_secs,
-                                                          max=self._cfg.backoff_max_secs),
+                    wait=tenacity.wait_exponential(multiplier=self._cfg.backoff_secs,
+                                                   max=self._cfg.backoff_max_secs)
+                    + tenacity.wait_random(0, self._cfg.backoff_secs),
                     retry=tenacity.retry_if_exception(_retryable), reraise=True):
                 with attempt:
                     attempts += 1
