@@ -191,7 +191,7 @@ function drawChart() {
     fill: color, "fill-opacity": "0.12", stroke: "none" }));
   svg.appendChild(el("path", { d: line, fill: "none", stroke: color, "stroke-width": "1.8" }));
   box.replaceChildren(svg);
-  $("chart-hint").textContent = pts.length + " marks · New York time";
+  $("chart-hint").textContent = pts.length + " points · New York time";
 }
 
 // -- rejects and the activity feed -------------------------------------------------------
@@ -227,9 +227,28 @@ function feed(kind, text, ts) {
   while (list.children.length > MAX_FEED) list.lastChild.remove();
 }
 
+let pushes = 0;
+async function refreshEquity() {
+  // The journal's marks (one per risk tick) are finer than the status pushes in a fast
+  // replay and survive a reload; re-read them now and then, keep appending in between.
+  const eq = await getJSON("/api/equity");
+  const marks = eq.points.map((p) => ({ t: new Date(p.ts), v: Number(p.equity) }));
+  const last = marks[marks.length - 1];
+  view.equity = marks.concat(view.equity.filter((p) => !last || p.t > last.t));
+  drawChart();
+}
+
 function onEvent(kind, d) {
-  if (kind === "status") { renderOverview(d); return; }
-  if (kind === "dropped") { feed("gap", d.dropped + " events missed: reloading", null); reload(); return; }
+  if (kind === "status") {
+    renderOverview(d);
+    if (++pushes % 5 === 0) refreshEquity().catch(() => {});
+    return;
+  }
+  if (kind === "dropped") {
+    feed("gap", d.dropped + " events missed: reloading", null);
+    reload();
+    return;
+  }
   if (kind === "reject") {
     addReject(d);
     feed("reject", `${d.symbol} ${d.side} ${d.qty}: ${d.reason}`, d.ts);
@@ -298,9 +317,8 @@ async function follow() {
 async function reload() {
   try {
     renderOverview(await getJSON("/api/overview"));
-    const eq = await getJSON("/api/equity");
-    view.equity = eq.points.map((p) => ({ t: new Date(p.ts), v: Number(p.equity) }));
-    drawChart();
+    view.equity = [];
+    await refreshEquity();
     view.rejects = (await getJSON("/api/rejects?limit=" + MAX_REJECTS)).rejects;
     renderRejects();
   } catch (e) {
