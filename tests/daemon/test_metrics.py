@@ -144,3 +144,29 @@ class TestMetrics:
         held = {s: p.qty for s, p in daemon.portfolio.positions.items() if p.qty}
         assert held
         assert m["tradingd_position_shares"] == {s: held.get(s, 0) for s in symbols}
+
+
+class TestGrafanaDashboard:
+    async def test_dashboard_when_shipped_then_every_metric_it_queries_is_exposed(
+        self, tmp_path: Path
+    ) -> None:
+        import json
+        import re
+        from importlib import resources
+
+        # Arrange: the dashboard as installed with the package
+        dash = json.loads((resources.files("config") / "grafana-tradingd.json").read_text())
+        exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+        wanted = {n for e in exprs for n in re.findall(r"\btradingd_[a-z_]+", e)}
+        # Act: what a session exposes
+        async with operated(replay_settings(tmp_path)) as (daemon, _ops, base), \
+                aiohttp.ClientSession() as http:
+            assert await daemon.run() == 0
+            async with http.get(f"{base}/metrics") as r:
+                text = await r.text()
+        exposed = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        # Assert
+        assert len(wanted) >= 15
+        assert wanted <= exposed, wanted - exposed
+        assert dash["__inputs"][0]["pluginId"] == "prometheus"
+        assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
