@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from config.operations import HttpConfig, is_loopback
 from daemon.http_events import EventHub, TooManyClients
@@ -95,7 +97,7 @@ class HttpServer:
         self._token = cfg.token.get_secret_value().encode() if cfg.token else None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.refused = 0
+        self.refused: Counter[str] = Counter()  # refusals by reason
         self._metrics_handler = make_aiohttp_handler(metrics.registry, disable_compression=True)
         self._static = {name: (resources.files("daemon") / "static" / name).read_bytes()
                         for name in _STATIC}
@@ -186,10 +188,18 @@ class HttpServer:
 
     def _refuse(self, request: web.Request, status: int, reason: str,
                 detail: str) -> web.Response:
-        self.refused += 1
+        self.refused[reason] += 1
         log.warning("http.refused", method=request.method, path=request.path, status=status,
                     reason=reason, remote=request.remote)
         return _json({"ok": False, "reason": reason, "error": detail}, status)
+
+    def metrics_samples(self) -> Iterable[Metric]:
+        family = CounterMetricFamily("tradingd_http_refused",
+                                     "HTTP requests refused (bad host, token missing or wrong)",
+                                     labels=["reason"])
+        for reason in ("BAD_HOST", "NO_TOKEN_CONFIGURED", "TOKEN_MISSING", "TOKEN_WRONG"):
+            family.add_metric([reason], self.refused.get(reason, 0))
+        yield family
 
     # -- probes and metrics --------------------------------------------------------------
 

@@ -28,6 +28,7 @@ name                                      type       what
 ``tradingd_events_stream_clients``        gauge      open /api/events streams
 ``tradingd_events_stream_dropped_total``  counter    events dropped for slow stream clients
 ``tradingd_alerts_total{result}``         counter    webhook alerts: sent, failed, deduped, ...
+``tradingd_http_refused_total{reason}``   counter    HTTP requests refused (host, token)
 ``tradingd_bar_to_order_seconds``         histogram  bar batch (or signal message) in to order out
 ``tradingd_signal_age_seconds``           histogram  signal batch age when it reached sizing
 ``tradingd_build_info{version,...}``      gauge      1, with the version in labels

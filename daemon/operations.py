@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import structlog
+from prometheus_client.core import Metric
 
 from config.settings import Settings
 from daemon.alerts import Alerts
@@ -55,9 +57,12 @@ class Operations:
                        overview=functools.partial(overview, surface),
                        push_secs=cfg.status_push_secs)
         metrics = Metrics(surface, labels=labels, symbols=_symbol_labels(settings),
-                          extras=(hub.metrics, self.alerts.metrics))
+                          extras=(hub.metrics, self.alerts.metrics, self._http_samples))
         self.http = HttpServer(cfg, surface, metrics=metrics, hub=hub,
                                journal=JournalViews(surface.journal_path))
+
+    def _http_samples(self) -> Iterable[Metric]:
+        return self.http.metrics_samples() if self.http is not None else ()
 
     async def __aenter__(self) -> Operations:
         await self._stack.enter_async_context(self.alerts)

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.cli import main
 from daemon.control import request as control_request
@@ -122,6 +123,11 @@ class TestAuth:
             daemon.bus.send = spy  # type: ignore[method-assign]
             # Act
             assert await daemon.run() == 0
+            async with http.get(f"{base}/metrics") as r:
+                text = await r.text()
+        refused_metric = {s.labels["reason"]: int(s.value)
+                          for f in text_string_to_metric_families(text) for s in f.samples
+                          if s.name == "tradingd_http_refused_total"}
         # Assert: 401 without a bearer token, 403 with a wrong one, for every action
         assert len(results) == 4 * 5
         for action, label, status, reason in results:
@@ -129,6 +135,8 @@ class TestAuth:
                 401, "TOKEN_MISSING")
             assert (status, reason) == expected, (action, label)
         assert states == [] and cancels == []
+        assert refused_metric == {"TOKEN_MISSING": 12, "TOKEN_WRONG": 8,
+                                  "BAD_HOST": 0, "NO_TOKEN_CONFIGURED": 0}
         assert held[0] > 0 and held[0] == held[1], "nothing was liquidated"
         assert daemon.risk_state.snapshot()["state"] == "ACTIVE"
 
@@ -319,6 +327,16 @@ class TestEventStream:
         rejects = [d for k, d in frames if k == "reject"]
         assert rejects and {d["reason"] for d in rejects} >= {"TRADING_HALTED"}
         assert kinds.index("state") < kinds.index("reject", kinds.index("state"))
+
+    async def test_events_when_all_stream_slots_taken_then_503(self, tmp_path: Path) -> None:
+        settings = replay_settings(tmp_path, http={"sse_clients": 1})
+        async with operated(settings) as (_d, _ops, base), aiohttp.ClientSession() as http, \
+                http.get(f"{base}/api/events") as first:
+            assert first.status == 200
+            await first.content.readuntil(b"\n\n")  # the stream is open
+            async with http.get(f"{base}/api/events") as second:
+                code, body = second.status, await second.json()
+        assert code == 503 and "max 1" in body["error"]
 
     async def test_hub_when_client_reads_too_slowly_then_drops_are_counted_and_marked(
         self, tmp_path: Path

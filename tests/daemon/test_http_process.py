@@ -8,9 +8,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,13 +37,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _call(url: str, *, method: str = "GET", token: str | None = None,
           body: dict[str, Any] | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, method=method,
@@ -68,26 +61,56 @@ def _json(url: str) -> dict[str, Any]:
     return doc
 
 
-def _wait_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if re.search(pattern, line):
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"no line matching {pattern!r}")
+class Lines:
+    """Drains a process's output in a thread (a full pipe would stall the process) and
+    lets the test wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while time.monotonic() < deadline:
+                for line in self.lines[seen:]:
+                    if re.search(pattern, line):
+                        return line
+                seen = len(self.lines)
+                if self.proc.poll() is not None and seen == len(self.lines):
+                    break
+                self._cond.wait(0.2)
+        raise AssertionError(f"no line matching {pattern!r}; last output:\n"
+                             + "".join(self.lines[-40:]))
+
+    def text(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
 
 
-def _until(pred: Any, timeout: float, what: str) -> Any:
+def _until(pred: Any, timeout: float, what: str, lines: Lines | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
+        if lines is not None and lines.proc.poll() is not None:
+            break
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = lines.text()[-4000:] if lines is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def _metrics(base: str) -> dict[str, float]:
@@ -114,10 +137,9 @@ class TestOperatorSurfaceOnEmulator:
              "--bar-interval", "0.04", "--rebase-now", "--wait-subscriber"],
             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         daemon: subprocess.Popen[str] | None = None
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
+        emu_out = Lines(emu)
         try:
-            m = re.search(r"127\.0\.0\.1:(\d+)", _wait_line(emu, "alpaca emulator on", 30))
+            m = re.search(r"127\.0\.0\.1:(\d+)", emu_out.wait("alpaca emulator on", 30))
             assert m is not None
             emu_base = f"http://127.0.0.1:{m.group(1)}"
             daemon = subprocess.Popen(
@@ -126,15 +148,18 @@ class TestOperatorSurfaceOnEmulator:
                 env=_env(APCA_API_BASE_URL=emu_base, APCA_API_DATA_URL=emu_base,
                          TRADINGD_FEED__SOURCE="alpaca",
                          TRADINGD_FEED__SYMBOLS=json.dumps(symbols),
-                         TRADINGD_HTTP__LISTEN=f"127.0.0.1:{port}",
+                         TRADINGD_HTTP__LISTEN="127.0.0.1:0",  # the port it binds is logged
                          TRADINGD_HTTP__TOKEN=TOKEN))
+            out = Lines(daemon)
+            listening = json.loads(out.wait(r'"event":"http.listening"', 60))
+            base = f"http://127.0.0.1:{listening['port']}"
 
             def snapshot() -> dict[str, Any]:
                 return _json(f"{emu_base}/_control/snapshot")
 
             # Act 1: the probes come up
-            _until(lambda: _call(f"{base}/healthz")[0] == 200, 60, "/healthz 200")
-            _until(lambda: _call(f"{base}/readyz")[0] == 200, 60, "/readyz 200")
+            _until(lambda: _call(f"{base}/healthz")[0] == 200, 60, "/healthz 200", out)
+            _until(lambda: _call(f"{base}/readyz")[0] == 200, 60, "/readyz 200", out)
             ready = json.loads(_call(f"{base}/readyz")[1])
             _until(lambda: len(snapshot()["orders"]) >= 3, 60, "orders at the emulator")
 
@@ -154,7 +179,7 @@ class TestOperatorSurfaceOnEmulator:
             known_ids = {o["client_order_id"] for o in known["today"] + known["open"]}
 
             # the day plays out; the daemon settles what was in flight
-            _wait_line(emu, "bars done", 120)
+            emu_out.wait("bars done", 120)
             _until(lambda: not [o for o in snapshot()["orders"] if o["status"] in OPEN], 30,
                    "no open orders at the emulator")
             time.sleep(3.0)  # the feed's last minute reaches the books
@@ -162,13 +187,15 @@ class TestOperatorSurfaceOnEmulator:
             metrics = _metrics(base)
             status = _json(f"{base}/api/status")
             daemon.send_signal(signal.SIGTERM)
-            out, _ = daemon.communicate(timeout=60)
+            daemon.wait(timeout=60)
+            out.wait("http.stopped", 10)
         finally:
             for p in (daemon, emu):
                 if p is not None and p.poll() is None:
                     p.terminate()
                     p.wait(timeout=10)
-        (tmp_path / "daemon.log").write_text(out)
+        log = out.text()
+        (tmp_path / "daemon.log").write_text(log)  # kept by pytest for a failing run
         # Assert: probes
         assert ready == {"ready": True, "reasons": []}
         # refusals changed nothing
@@ -191,9 +218,9 @@ class TestOperatorSurfaceOnEmulator:
             Decimal("0.01")) == Decimal(snap["account"]["cash"]).quantize(Decimal("0.01"))
         assert metrics["tradingd_broker_connected"] == 1
         # the process stopped cleanly; no secret in its output
-        assert daemon.returncode == 0, out[-3000:]
-        assert TOKEN not in out and SECRET not in out
-        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert daemon.returncode == 0, log[-3000:]
+        assert TOKEN not in log and SECRET not in log
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         refusals = [e for e in lines if e["event"] == "http.refused"]
         assert [(e["status"], e["reason"]) for e in refusals] == [
             (401, "TOKEN_MISSING"), (403, "TOKEN_WRONG")]
