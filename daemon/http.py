@@ -1,27 +1,27 @@
 """The daemon's HTTP server: health, readiness, metrics, the status page, the JSON API and
 the operator actions. aiohttp on the daemon's own event loop: no thread, no process.
 
-==========================  =====  =======================================================
-route                       auth   answer
-==========================  =====  =======================================================
-``GET /healthz``            no     200 while the event loop beats (the sd_notify watchdog's
-                                   signal), 503 when its beat is older than
-                                   ``loop_stall_secs``
-``GET /readyz``             no     200 when reconciled, broker connected and feed fresh;
-                                   else 503 ``{"ready": false, "reasons": [...]}``
-``GET /metrics``            read   Prometheus text format (``daemon.metrics``)
-``GET /``                   read   the live status page (``daemon/static``)
-``GET /api/status``         read   the ``tradingd status --json`` document
-``GET /api/overview``       read   status plus session phase, broker link, readiness, P&L
-``GET /api/orders``         read   open orders and the day's orders (``?limit=``, max 1000)
-``GET /api/rejects``        read   the day's denials, newest first (``?limit=&before=SEQ``)
-``GET /api/equity``         read   the day's equity marks
-``GET /api/events``         read   server-sent events (``daemon.http_events``)
-``POST /api/halt``          token  the control socket's ``halt`` (body ``{"why": ...}``)
-``POST /api/resume``        token  ... ``resume``
-``POST /api/emergency-stop``token  ... ``emergency-stop``
-``POST /api/liquidate``     token  ... ``liquidate``
-==========================  =====  =======================================================
+============================  =====  =====================================================
+route                         auth   answer
+============================  =====  =====================================================
+``GET /healthz``              no     200 while the event loop beats (the sd_notify
+                                     watchdog's signal), 503 when its beat is older than
+                                     ``loop_stall_secs``
+``GET /readyz``               no     200 when reconciled, broker connected and feed fresh;
+                                     else 503 ``{"ready": false, "reasons": [...]}``
+``GET /metrics``              read   Prometheus text format (``daemon.metrics``)
+``GET /``                     read   the live status page (``daemon/static``)
+``GET /api/status``           read   the ``tradingd status --json`` document
+``GET /api/overview``         read   status plus session phase, broker link, readiness, P&L
+``GET /api/orders``           read   open orders and the day's orders (``?limit=``, <= 1000)
+``GET /api/rejects``          read   the day's denials, newest first (``?limit=&before=SEQ``)
+``GET /api/equity``           read   the day's equity marks
+``GET /api/events``           read   server-sent events (``daemon.http_events``)
+``POST /api/halt``            token  the control socket's ``halt`` (body ``{"why": ...}``)
+``POST /api/resume``          token  ... ``resume``
+``POST /api/emergency-stop``  token  ... ``emergency-stop``
+``POST /api/liquidate``       token  ... ``liquidate``
+============================  =====  =====================================================
 
 Auth: mutating routes need ``Authorization: Bearer <token>`` (``TRADINGD_HTTP__TOKEN``,
 compared in constant time): missing gives 401, wrong gives 403, and neither changes
