@@ -5,7 +5,8 @@ Precedence, highest first: explicit overrides (CLI flags) > environment
 Alpaca keys and URLs also from ``APCA_API_KEY_ID``, ``APCA_API_SECRET_KEY``,
 ``APCA_API_BASE_URL``, ``APCA_API_DATA_URL``; MQTT from ``TRADINGD_MQTT_URL``,
 ``TRADINGD_MQTT_USERNAME``, ``TRADINGD_MQTT_PASSWORD``, ``TRADINGD_MQTT_CONTROL_SECRET``)
-> the YAML file > defaults.
+> the YAML file > defaults. ``http.token`` comes from ``TRADINGD_HTTP__TOKEN`` only: a
+token in the YAML is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic_settings import (
 )
 
 from brokers.config import BrokerConfig
+from config.operations import AlertsConfig, HttpConfig
 from engine.accounts import account_specs, check_routing
 from engine.config import AccountConfig, DaemonConfig, FeedConfig, RoutingConfig
 from kernel.errors import ConfigError
@@ -37,6 +39,8 @@ from signals.config import SignalsConfig
 
 ENV_PREFIX = "TRADINGD_"
 _URL_USERINFO = re.compile(r"//[^/@]*@")
+# Keys whose value must never be echoed in an error message.
+_SECRET_KEYS = ("token", "password", "secret", "key_id", "webhooks")
 _ENV_ALIASES = {
     "APCA_API_KEY_ID": ("broker", "alpaca", "key_id"),
     "APCA_API_SECRET_KEY": ("broker", "alpaca", "secret_key"),
@@ -65,6 +69,8 @@ class Settings(BaseSettings):
     accounts: list[AccountConfig] = []
     routing: RoutingConfig = RoutingConfig()
     global_risk: GlobalRiskConfig = GlobalRiskConfig()
+    http: HttpConfig = HttpConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
 
 def default_config_path() -> Path:
@@ -102,6 +108,7 @@ def load_settings(
     """
     env = os.environ if environ is None else environ
     file_data = _read_yaml(path or default_config_path())
+    _refuse_yaml_token(file_data)
     init = dict(overrides or {})
     for var, key_path in _ENV_ALIASES.items():
         if env.get(var):
@@ -211,12 +218,21 @@ def _config_error(exc: ValidationError, env: dict[str, str] | os._Environ[str]) 
     if env_name in env:
         key = f"{key} (from {env_name})"
     value = err.get("input")
-    if isinstance(value, dict):
+    if any(part in key for part in _SECRET_KEYS):
+        value = "***"
+    elif isinstance(value, dict):
         value = "{...}"
     elif isinstance(value, str):
         # A URL with user:password@ must not carry the password into the error message.
         value = _URL_USERINFO.sub("//***@", value)
     return ConfigError(key, value, err["msg"])
+
+
+def _refuse_yaml_token(file_data: dict[str, Any]) -> None:
+    http = file_data.get("http")
+    if isinstance(http, dict) and http.get("token") is not None:
+        raise ConfigError("http.token", "***",
+                          "set it in the environment (TRADINGD_HTTP__TOKEN), never in the YAML")
 
 
 def _check_live(settings: Settings, env: dict[str, str] | os._Environ[str]) -> None:

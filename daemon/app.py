@@ -42,6 +42,7 @@ from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
 from engine.routing import Accounts
 from engine.system import TradingSystem, build_system
+from kernel import logging as dlog
 from kernel.broker import Broker
 from kernel.bus import Bus
 from kernel.clock import Clock, ReplayClock, WallClock
@@ -93,6 +94,9 @@ class Daemon:
         if broker is not None and len(specs) > 1:
             raise ValueError("an injected broker replaces the one account's broker")
         for spec in specs:
+            for secret in (spec.broker.alpaca.key_id, spec.broker.alpaca.secret_key):
+                if secret is not None:  # an account's own keys are scrubbed from logs too
+                    dlog.register_secret(secret.get_secret_value())
             self.accounts.add(build_system(
                 spec, daemon=settings.daemon, clock=self.clock, environ=self.environ,
                 on_failure=self.supervisor.fail, broker=broker, journaling=journaling,

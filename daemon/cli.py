@@ -76,11 +76,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if secret is not None:
             dlog.register_secret(secret.get_secret_value())
     from daemon.app import Daemon, install_uvloop
+    from daemon.operations import run_operated
 
     runner = install_uvloop()
 
     async def main() -> int:
-        return await Daemon(settings).run()
+        # HTTP, metrics and alerts around the session (daemon/operations.py).
+        return await run_operated(Daemon(settings))
 
     try:
         code: int = runner(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -120,7 +120,85 @@ class TestReport:
         assert "<th>fill_rate</th><td>1.0</td>" in html
         # slippage: 2 bps and 5 bps on a buy against reference 100
         assert "<th>slippage_bps_mean</th><td>3.5</td>" in html
-        assert "<th>pnl</th><td>4.62</td>" in html  # 10 AAPL at 100.038 marked at 100.5
+        # 10 AAPL at 100.038 marked at 100.5; money is formatted
+        assert "<th>pnl</th><td>+$4.62</td>" in html
+        assert "<th>start_equity</th><td>$100,000.00</td>" in html
+        assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', ""), \
+            "self-contained: nothing fetched"
+
+    async def test_report_when_run_then_per_symbol_pnl_and_orders_in_new_york_time(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        # Arrange
+        await _session(tmp_path)
+        capsys.readouterr()
+        out = tmp_path / "r.html"
+        # Act
+        assert main(["report", "--state-dir", str(tmp_path), "--out", str(out)]) == 0
+        html = out.read_text()
+        text = capsys.readouterr().out
+        # Assert: AAPL bought 4 + 6 (avg 100.038), marked at 100.50: +4.62 unrealized
+        symbols = html[html.index('<table id="symbols">'):]
+        symbols = symbols[:symbols.index("</table>")]
+        row = re.search(r"<tr><td>AAPL</td>(.*?)</tr>", symbols)
+        assert row is not None
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row.group(1))
+        assert cells == ["2", "10", "0", "10", "$100.04", "$100.50", "$0.00", "+$4.62",
+                         "+$4.62"]
+        assert "MSFT" not in symbols, "a denied signal trades nothing"
+        assert re.search(r"AAPL\s+2\s+10\s+0\.00\s+4\.62\s+4\.62", text)
+        # the day's orders: T0 is 15:00 UTC, 10:00 in New York (EST)
+        orders = html[html.index('<table id="orders">'):]
+        orders = orders[:orders.index("</table>")]
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", orders)
+        assert cells == ["10:00:00", "AAPL", "buy", "10", "market", "$100.00", "10",
+                         "$100.04", "filled", "td-aapl1"]
+        # the equity chart's time axis is New York time too
+        equity_svg = html[html.index('class="equity"'):html.index("</svg>")]
+        assert ">10:00<" in equity_svg and ">10:05<" in equity_svg
+
+    async def test_report_when_position_carried_overnight_then_day_pnl_counts_only_today(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        # Arrange: day 1 buys 10 AAPL at ~100.04 and marks it at 100.50; day 2 marks it
+        # at 101.00 first, sells 4 at 102.00, and marks the rest at 101.50.
+        await _session(tmp_path)
+        from engine.journal import JOURNAL_FILE, Journal
+
+        day2 = T0 + timedelta(days=3)  # Monday 2024-03-04
+        journal = Journal(tmp_path / JOURNAL_FILE)
+        journal.open()
+        try:
+            from kernel.events import OrderFilled
+            from kernel.model import Fill, OrderSide
+
+            def mark(ts: datetime, px: str) -> None:
+                journal.append("EquityMark", {"day": "2024-03-04", "equity": "0",
+                                              "start_of_day_equity": "100004.62",
+                                              "prices": {"AAPL": float(px)}}, ts=ts)
+
+            mark(day2, "101.00")
+            journal.append("OrderIntent", intent("td-aapl2", side=OrderSide.SELL, qty=4,
+                                                 price="102"), ts=day2,
+                           client_order_id="td-aapl2", symbol="AAPL")
+            fill = Fill("X-1", "td-aapl2", "AAPL", OrderSide.SELL, 4, Decimal("102.00"),
+                        day2 + timedelta(minutes=1))
+            journal.on_event(OrderFilled("td-aapl2", day2 + timedelta(minutes=1), fill=fill))
+            mark(day2 + timedelta(minutes=2), "101.50")
+        finally:
+            journal.close()
+        capsys.readouterr()
+        out = tmp_path / "r2.html"
+        # Act
+        assert main(["report", "--state-dir", str(tmp_path), "--date", "2024-03-04",
+                     "--out", str(out)]) == 0
+        html = out.read_text()
+        # Assert: realized (102 - 100.038) x 4 = 7.848; unrealized (101.5 - 100.038) x 6 =
+        # 8.772; at the day's first mark it was (101 - 100.038) x 10 = 9.62:
+        # day P&L = 7.848 + 8.772 - 9.62 = 7.00
+        row = re.search(r"<tr><td>AAPL</td>(.*?)</tr>", html)
+        assert row is not None
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row.group(1))
+        assert cells == ["1", "0", "4", "6", "$100.04", "$101.50", "+$7.85", "+$8.77",
+                         "+$7.00"]
 
     def test_report_when_no_journal_then_usage_error(self, tmp_path: Path):
         assert main(["report", "--state-dir", str(tmp_path)]) == 2

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import Notifier
+from daemon.sdnotify import BEAT_SECS, Notifier
 
 
 class Receiver:
@@ -85,16 +86,42 @@ class TestNotifier:
         assert set(received) == {"WATCHDOG=1"}
         assert 2 <= len(received) <= 10
 
-    async def test_watchdog_when_no_usec_then_returns_at_once(
+    async def test_watchdog_when_no_usec_then_beats_but_sends_nothing(
         self, receiver: tuple[Receiver, str]
     ) -> None:
+        # Arrange: systemd did not ask for keep-alives; /healthz still reads the beat
         r, path = receiver
         notifier = Notifier({"NOTIFY_SOCKET": path})
+        assert notifier.beat_age() is None
 
-        await asyncio.wait_for(notifier.watchdog(), 0.5)
+        # Act
+        task = asyncio.create_task(notifier.watchdog())
+        await asyncio.sleep(0.05)
+        age = notifier.beat_age()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
+        # Assert
+        assert age is not None and 0 <= age < BEAT_SECS
         assert r.drain() == []
         notifier.close()
+
+    async def test_beat_age_when_loop_blocked_then_grows(self) -> None:
+        # Arrange
+        notifier = Notifier({})
+        task = asyncio.create_task(notifier.watchdog())
+        await asyncio.sleep(0)
+
+        # Act: the loop is blocked; the beat cannot happen
+        time.sleep(0.3)  # noqa: ASYNC251 (blocking the loop is the point)
+        age = notifier.beat_age()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+        # Assert
+        assert age is not None and age >= 0.3
 
     def test_abstract_namespace_address_when_at_prefix_then_works(self) -> None:
         # Arrange
