@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from brokers.config import BrokerConfig
+from brokers.config import IB_LIVE_PORTS, BrokerConfig
 from engine.config import DaemonConfig, FeedConfig
 from kernel.errors import ConfigError
 from risk.config import RiskConfig
@@ -153,4 +153,11 @@ def _check_live(settings: Settings, env: dict[str, str] | os._Environ[str]) -> N
         raise ConfigError(
             "daemon.mode", "live",
             "live trading also needs TRADINGD_LIVE=1 in the environment (paper is the default)",
+        )
+    ib = settings.broker.ib
+    if settings.broker.kind == "ib" and ib.port in IB_LIVE_PORTS and settings.daemon.mode != "live":
+        raise ConfigError(
+            "broker.ib.port", ib.port,
+            "a paper port (4002 IB Gateway, 7497 TWS): 4001/7496 trade real money and need "
+            "daemon.mode: live (and TRADINGD_LIVE=1)",
         )
