@@ -158,6 +158,18 @@ class IbTracker:
             for oid in book.order_ids:
                 self._by_oid.pop(oid, None)
 
+    def restate(self, cid: str) -> None:
+        """Report the acknowledgement the shadow order implies (for a caller that asks
+        to place an order this book already has: its copy may never have heard back)."""
+        order = self.orders[cid]
+        now, perm = self._now(), order.broker_order_id
+        if order.status is OrderStatus.ACCEPTED:
+            self._emit_cb(OrderAccepted(cid, now, broker_order_id=perm))
+        elif order.status is OrderStatus.REJECTED:
+            self._emit_cb(OrderRejected(cid, now, reason=self._books[cid].reason or "rejected"))
+        elif order.status is not OrderStatus.PENDING_NEW:
+            self._emit_cb(OrderNew(cid, now, broker_order_id=perm))
+
     def at_broker(self, cid: str) -> IbOrderView | None:
         """The order as last seen at the broker (open or completed), if ever."""
         return self._seen.get(cid)
@@ -374,7 +386,7 @@ class IbTracker:
         if self.has_gap(cid):
             # Never close an order whose fills we have not all reported.
             self._books[cid].held = event
-            log.info("ib.terminal_held", client_order_id=cid, event=type(event).__name__)
+            log.info("ib.terminal_held", client_order_id=cid, domain_event=type(event).__name__)
             return
         if isinstance(event, OrderRejected) and order.status is OrderStatus.PARTIALLY_FILLED:
             event = OrderCanceled(cid, event.ts, reason=event.reason)

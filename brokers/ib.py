@@ -416,8 +416,9 @@ class IbBroker:
                                   outside_rth=self._cfg.outside_rth)
         except ValueError as exc:
             raise BrokerRejected(f"IB order {cid}: {exc}") from exc
-        if cid in self._tracker.orders:
+        if cid in self._tracker.orders:  # sent before, or adopted open at connect
             log.warning("ib.duplicate_submit", client_order_id=cid)
+            self._tracker.restate(cid)
             return
         self._require_ready()
         seen = self._tracker.at_broker(cid)

@@ -184,6 +184,7 @@ class FakeTws:
         s.write(wire.frame([version, f"{now:%Y%m%d %H:%M:%S} UTC"]))
         fields = await s.read_message()
         await self.running.wait()
+        self.requests.append(int(fields[0]))
         if fields[0] != "71":
             raise _Closed
         client_id = int(fields[2])
