@@ -116,7 +116,7 @@ class IbFeed:
             return
         if self.last_fill_ts is None or ex.ts > self.last_fill_ts:
             self.last_fill_ts = ex.ts
-        self._tracker.on_execution(ex)
+        self._tracker.on_execution(ex, live=req_id == -1)
 
     def _commission(self, report: Any) -> None:
         self._tracker.on_commission(str(report.execId), dec(report.commission) or Decimal(0))

@@ -232,7 +232,9 @@ class IbTracker:
         self._on_ack(order.client_order_id, Ack.ACKED)
         self._apply_status(order, st.status, "")
 
-    def on_execution(self, ex: IbExecution) -> None:
+    def on_execution(self, ex: IbExecution, *, live: bool = True) -> None:
+        """One execution, live (``live``) or in a reply to a request for executions
+        (where repeats of what was reported are expected, and logged at debug)."""
         order = self.orders.get(ex.client_order_id)
         if order is None:
             return
@@ -241,7 +243,8 @@ class IbTracker:
         self._raise_cum(order, ex.cum_qty)
         self._on_ack(cid, Ack.ACKED)
         if ex.exec_id in order.execution_ids or ex.exec_id in self._pending:
-            log.info("ib.duplicate_execution", client_order_id=cid, execution_id=ex.exec_id)
+            (log.info if live else log.debug)("ib.duplicate_execution", client_order_id=cid,
+                                              execution_id=ex.exec_id)
             return
         if ex.cum_qty and (ex.cum_qty in book.cums or ex.cum_qty <= book.floor):
             log.info("ib.execution_seen", client_order_id=cid, execution_id=ex.exec_id,
@@ -335,6 +338,13 @@ class IbTracker:
                 self._emit_fill(order, p.ex, Decimal(0))
                 release.append(p.ex)
         return ask, release
+
+    def imminent(self) -> bool:
+        """Reports are due any moment: an open market order (IB fills those at once in
+        regular hours), a fill waiting for its commission, or a fill TWS has counted."""
+        return bool(self._pending) or any(
+            o.order_type is OrderType.MARKET or self._books[cid].max_cum > o.filled_qty
+            for cid, o in self.orders.items() if o.status not in TERMINAL)
 
     def open_cids(self) -> list[str]:
         return [cid for cid, o in self.orders.items() if o.status not in TERMINAL]

@@ -86,6 +86,9 @@ class IbConfig(ComponentConfig):
                                "ask again once before reporting it without one")
     gap_grace_secs: float = Field(
         0.5, ge=0, description="wait for a missing execution before asking for it")
+    close_grace_secs: float = Field(
+        2.0, ge=0, description="on close, wait this long for the fills of acknowledged "
+                               "market orders and for commissions still owed")
     finished_orders_kept: int = Field(
         2000, ge=10, description="finished orders remembered for de-duplication")
 

@@ -122,6 +122,7 @@ class IbBroker:
         self._refusal: asyncio.Future[None] | None = None
         self._next_id: asyncio.Future[None] | None = None
         self._query_lock = asyncio.Lock()
+        self._reported = asyncio.Event()  # set on every order event reported
 
     def __repr__(self) -> str:
         c = self._cfg
@@ -151,6 +152,7 @@ class IbBroker:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._settle_before_close()
         self._closing = True
         await self._link.__aexit__(None, None, None)
         self._resolve_acks(None)
@@ -159,6 +161,21 @@ class IbBroker:
         self._link.state = LinkState.DISCONNECTED
         if self._status != "disconnected":
             self._set_status("disconnected", "closed")
+
+    async def _settle_before_close(self) -> None:
+        """An acknowledged market order fills within moments at IB: wait a little for
+        those fills (and commissions owed) so they are booked in this session, not only
+        by the next start's reconciliation (a replay ends right after its last order)."""
+        deadline = time.monotonic() + self._cfg.close_grace_secs
+        while self._link.ready and self._tracker.imminent():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._reported.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reported.wait(), left)
+        if self._link.ready and self._tracker.imminent():
+            log.warning("ib.closing_with_reports_due", open_orders=len(self._tracker.open_cids()))
 
     def _make_ib(self) -> IB:
         ib = IB()
@@ -330,6 +347,7 @@ class IbBroker:
         log.debug("ib.event", domain_event=type(event).__name__,
                   client_order_id=event.client_order_id)
         self._sink(event)
+        self._reported.set()
 
     def _set_status(self, status: str, detail: str) -> None:
         self._status = status

@@ -227,7 +227,7 @@ class TestFills:
         await broker.submit(it)
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         [fill] = fills_of(recorder.events)
-        assert fill.fill.commission == Decimal("1")  # the fake's, not a zero
+        assert fill.fill.commission == Decimal("0.35")  # the fake's, not a zero
         assert_fills_match_fake(recorder.events, tws)
 
     async def test_fill_when_commission_never_comes_then_reported_without_and_alert(
@@ -345,7 +345,7 @@ class TestQueries:
         assert account.positions == tuple(positions)
         assert sorted(f.execution_id for f in fills) == sorted(
             e["exec_id"] for e in snap["executions"])
-        assert {f.commission for f in fills} == {Decimal(1)}
+        assert {f.commission for f in fills} == {Decimal("0.35")}
         assert [o.client_order_id for o in opened] == [rest.client_order_id]
         assert opened[0].status is OrderStatus.NEW
         assert done is not None and (done.status, done.filled_qty) == (OrderStatus.FILLED, 10)
@@ -356,6 +356,21 @@ class TestQueries:
     async def test_broker_when_built_then_satisfies_the_protocol(self, broker: IbBroker) -> None:
         assert isinstance(broker, Broker)
         assert broker.name == "ib" and "secret" not in repr(broker).lower()
+
+
+class TestClose:
+    async def test_close_when_market_order_acked_then_its_fills_reported_before_closing(
+            self, tws: FakeTws, recorder: Recorder) -> None:
+        # Arrange: IB fills it a moment after the acknowledgement (a replay ends here)
+        tws.set_fill(parts=2, delay=0.2)
+        it = intent(qty=10)
+        order = recorder.track(it)
+        # Act
+        async with IbBroker(ib_cfg(tws), clock=WallClock(), sink=recorder) as b:
+            await b.submit(it)
+        # Assert
+        assert order.status == OrderStatus.FILLED
+        assert_fills_match_fake(recorder.events, tws)
 
 
 class TestMemory:

@@ -93,8 +93,8 @@ def main() -> None:
     p.add_argument("--fill-parts", type=int, default=1, help="executions per order")
     p.add_argument("--fill-delay", type=float, default=0.0, help="seconds between them")
     p.add_argument("--first-order-id", type=int, default=1)
-    p.add_argument("--commission-per-share", default="0.005")
-    p.add_argument("--min-commission", default="1.00")
+    p.add_argument("--commission-per-share", default="0.0035")
+    p.add_argument("--min-commission", default="0.35")
     args = p.parse_args()
     args.account = args.account or ["DU1234567"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

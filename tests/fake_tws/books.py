@@ -2,8 +2,8 @@
 
 Tests assert "the daemon's books equal the fake's" against these. Money is exact:
 cash moves by ``shares x price`` and the commission of each execution
-(``max(min_commission, shares x commission_per_share)``). As at IB, a position's
-average cost includes the commissions paid to build it.
+(``max(min_commission, shares x commission_per_share)``, by default IB's tiered $0.0035
+and $0.35). As at IB, a position's average cost includes the commissions paid to build it.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ class Books:
 
     accounts: tuple[str, ...]
     cash: dict[str, Decimal]
-    commission_per_share: Decimal = Decimal("0.005")
-    min_commission: Decimal = Decimal("1.00")
+    commission_per_share: Decimal = Decimal("0.0035")
+    min_commission: Decimal = Decimal("0.35")
     prices: dict[str, Decimal] = field(default_factory=dict)
     orders: dict[int, FakeOrder] = field(default_factory=dict)  # by permId
     executions: list[FakeExecution] = field(default_factory=list)

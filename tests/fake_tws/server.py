@@ -95,8 +95,8 @@ class FakeTws:
                  accounts: tuple[str, ...] = ("DU1234567",), cash: Decimal = Decimal(100_000),
                  prices: dict[str, Decimal] | None = None, fill_parts: int = 1,
                  fill_delay: float = 0.0, first_order_id: int = 1,
-                 commission_per_share: Decimal = Decimal("0.005"),
-                 min_commission: Decimal = Decimal("1.00")) -> None:
+                 commission_per_share: Decimal = Decimal("0.0035"),
+                 min_commission: Decimal = Decimal("0.35")) -> None:
         self.host, self._port = host, port
         self.books = Books(accounts=accounts, cash=dict.fromkeys(accounts, cash),
                            commission_per_share=commission_per_share,

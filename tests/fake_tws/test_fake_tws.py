@@ -97,10 +97,10 @@ class TestOrders:
             assert [f.execution.shares for f in trade.fills] == [5.0, 5.0]
             assert [f.execution.cumQty for f in trade.fills] == [5.0, 10.0]
             assert {f.execution.orderRef for f in trade.fills} == {"ref-1"}
-            assert [f.commissionReport.commission for f in trade.fills] == [1.0, 1.0]
+            assert [f.commissionReport.commission for f in trade.fills] == [0.35, 0.35]
             snap = tws.snapshot()
-            assert Decimal(snap["account"]["cash"]) == Decimal(100_000) - 1705 - 2
-            assert snap["positions"] == {"AAPL": {"qty": "10", "avg_cost": "170.70"}}
+            assert Decimal(snap["account"]["cash"]) == Decimal(100_000) - 1705 - Decimal("0.70")
+            assert snap["positions"] == {"AAPL": {"qty": "10", "avg_cost": "170.57"}}
             assert [(p.contract.symbol, p.position) for p in ib.positions()] == [("AAPL", 10.0)]
         finally:
             ib.disconnect()
@@ -192,7 +192,7 @@ class TestRequests:
             await until(lambda: len(tws.snapshot()["executions"]) == 2)
             fills = await ib.reqExecutionsAsync(ExecutionFilter(side="SELL"))
             assert [f.execution.orderRef for f in fills] == ["b"]
-            assert ib.wrapper.fills[fills[0].execution.execId].commissionReport.commission == 1.0
+            assert ib.wrapper.fills[fills[0].execution.execId].commissionReport.commission == 0.35
             late = await ib.reqExecutionsAsync(ExecutionFilter(time="20990101-00:00:00"))
             assert late == []
             done = await ib.reqCompletedOrdersAsync(False)
