@@ -84,6 +84,18 @@ class TestSubmit:
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert recorder.thread_ids == {threading.get_ident()}
 
+    async def test_submit_when_market_closed_then_accepted_then_new_and_fills_at_open(
+            self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
+        tws.set_market_open(False)
+        it = intent()
+        order = recorder.track(it)
+        await broker.submit(it)
+        await recorder.wait_for(lambda: order.status == OrderStatus.ACCEPTED)
+        assert order_at_fake(tws, it.client_order_id)["status"] == "PreSubmitted"
+        tws.set_market_open(True)
+        await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
+        assert recorder.of(it.client_order_id) == ["OrderAccepted", "OrderNew", "OrderFilled"]
+
     async def test_submit_when_limit_rests_then_new_and_fills_when_price_crosses(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
         it = intent(qty=4, order_type=OrderType.LIMIT, limit="170.00")

@@ -31,7 +31,8 @@ from tests.fake_tws.server import FakeTws
 CONTROLS = frozenset({
     "set_price", "set_prices", "set_fill", "execute", "cancel", "reject_next",
     "duplicate_id_next", "warn_next", "drop_next", "duplicate_next", "drop_connections",
-    "hang", "hold_acks", "restart", "occupy_client_id", "link", "snapshot",
+    "hang", "hold_acks", "restart", "occupy_client_id", "link", "set_market_open",
+    "snapshot",
 })
 
 

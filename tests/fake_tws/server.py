@@ -118,6 +118,7 @@ class FakeTws:
         self._dup_ids = 0
         self._warn: deque[tuple[int, str]] = deque()
         self._hold = False
+        self.market_open = True
         self._occupied: set[int] = set()
         self.requests: list[int] = []  # message ids received, for tests
 
@@ -263,6 +264,8 @@ class FakeTws:
         if self._hold:
             order.held = True
             return
+        if not self.market_open:
+            order.status = "PreSubmitted"  # accepted, waits for the open
         self._ack(order)
         self._match(order)
 
@@ -433,7 +436,7 @@ class FakeTws:
         return px if (buy and px <= o.lmt_price) or (not buy and px >= o.lmt_price) else None
 
     def _match(self, o: FakeOrder) -> None:
-        if o.held or not o.is_open or not self.auto_fill:
+        if o.held or not o.is_open or not self.auto_fill or o.status == "PreSubmitted":
             return
         px = self._fill_price(o)
         if px is None:
@@ -563,6 +566,18 @@ class FakeTws:
             self._ack(o)
             self._match(o)
         return [o.order_ref for o in held]
+
+    def set_market_open(self, on: bool = True) -> None:
+        """Closed: new orders are acknowledged ``PreSubmitted`` and wait. Opening makes
+        them ``Submitted`` (acknowledged again) and matches them."""
+        self.market_open = on
+        if not on:
+            return
+        for o in list(self.books.orders.values()):
+            if o.status == "PreSubmitted":
+                o.status = "Submitted"
+                self._ack(o)
+                self._match(o)
 
     def restart(self, rollback_ids: bool = True) -> None:
         """The Gateway restarts: every connection drops; with ``rollback_ids`` it forgets
