@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -54,20 +53,15 @@ import structlog
 from ib_async import IB, ExecutionFilter, Order, StartupFetch, Stock
 from ib_async.wrapper import RequestError
 
-from brokers._ib_codes import IbCode, classify, error_for
-from brokers._ib_feed import IbFeed, Timings, account_values, one_per_fill, prune_sdk
+from brokers._ib_codes import IbCode, classify
+from brokers._ib_feed import IbFeed, Timings, prune_sdk
 from brokers._ib_link import LinkHooks, LinkKeeper, LinkState
 from brokers._ib_map import (
     IbExecution,
-    IbOrderView,
-    broker_fill,
-    broker_order,
-    dec,
-    exec_filter_time,
-    execution_of,
     order_fields,
     shares,
 )
+from brokers._ib_requests import IbRequests
 from brokers._ib_track import Ack, IbTracker
 from brokers.config import IbConfig
 from kernel.broker import BrokerFill, BrokerOrder, EventSink
@@ -111,9 +105,12 @@ class IbBroker:
                                   on_ack=self._on_ack, commission_wait=cfg.commission_wait_secs,
                                   finished_kept=cfg.finished_orders_kept)
         self._feed = IbFeed(self._tracker, self.timings, on_next_valid_id=self._on_next_valid_id)
+        self._req = IbRequests(cfg, ib=self._ib_, feed=self._feed, tracker=self._tracker,
+                               clock=clock, request_error=RequestError,
+                               execution_filter=ExecutionFilter)
         self._link = LinkKeeper(cfg, self._tracker, LinkHooks(
             connect=self._connect, probe=self._probe, cut=self._cut,
-            executions=self._executions, prune=lambda: prune_sdk(self._ib_().wrapper),
+            executions=self._req.executions, prune=lambda: prune_sdk(self._ib_().wrapper),
             status=self._set_status, commission_missing=self._commission_missing))
         self._ib: IB | None = None
         self._status = "disconnected"
@@ -121,7 +118,6 @@ class IbBroker:
         self._acks: dict[str, asyncio.Future[Ack | None]] = {}
         self._refusal: asyncio.Future[None] | None = None
         self._next_id: asyncio.Future[None] | None = None
-        self._query_lock = asyncio.Lock()
         self._reported = asyncio.Event()  # set on every order event reported
 
     def __repr__(self) -> str:
@@ -223,6 +219,8 @@ class IbBroker:
                 ib.disconnect()
             raise
         finally:
+            if self._refusal.done():
+                self._refusal.exception()  # retrieved: a refusal that lost the race is moot
             self._refusal = None
         self._link.state, self._link.servers_up = LinkState.READY, True
         self._link.touch()
@@ -263,20 +261,21 @@ class IbBroker:
     async def _sync(self) -> None:
         """After connecting: every open order (all clients), the completed orders, then
         the executions since the last known fill. The order and execution callbacks
-        report what changed for tracked orders; open orders not yet tracked are adopted."""
-        for trade in await self._keyed(self._ib_().reqAllOpenOrdersAsync, "open orders"):
+        report what changed for tracked orders; this client id's open orders not yet
+        tracked are adopted (TWS reports another client id's orders to that one only)."""
+        for trade in await self._req.keyed(self._ib_().reqAllOpenOrdersAsync, "open orders"):
             view = self._feed.trade_view(trade)
-            if view is not None and view.order_ref:
+            if view is not None and view.order_ref and view.client_id == self._cfg.client_id:
                 self._tracker.adopt(view, shares(trade.orderStatus.filled))
         await self._catch_up()
 
     async def _catch_up(self) -> None:
-        await self._completed_views()
+        await self._req.completed_views()
         last = self._feed.last_fill_ts
-        await self._executions(last - timedelta(minutes=1) if last else None)
+        await self._req.executions(last - timedelta(minutes=1) if last else None)
 
     async def _probe(self) -> None:
-        await self._request(self._ib_().reqCurrentTimeAsync, "heartbeat")
+        await self._req.request(self._ib_().reqCurrentTimeAsync, "heartbeat")
 
     def _cut(self) -> None:
         ib = self._ib_()
@@ -352,65 +351,6 @@ class IbBroker:
     def _set_status(self, status: str, detail: str) -> None:
         self._status = status
         self._sink(BrokerStatusChanged(self.name, status, self._clock.now(), detail))
-
-    # -- requests --------------------------------------------------------------------------
-
-    async def _request(self, make: Callable[[], Awaitable[T]], what: str) -> T:
-        """One SDK request with a timeout; SDK and TWS errors mapped to ``BrokerError``."""
-        try:
-            return await asyncio.wait_for(make(), self._cfg.request_timeout_secs)
-        except RequestError as exc:
-            raise error_for(exc.code, exc.message, what=what) from exc
-        except TimeoutError:
-            raise BrokerUnavailable(f"IB {what}: no answer within "
-                                    f"{self._cfg.request_timeout_secs}s") from None
-        except ConnectionError as exc:
-            raise BrokerUnavailable(f"IB {what}: not connected ({exc})") from exc
-
-    async def _keyed(self, make: Callable[[], Awaitable[T]], what: str) -> T:
-        # ib_async files these replies under one fixed key per kind (``openOrders``,
-        # ``completedOrders``, ``positions``, ``accountValues``): two at once would
-        # overwrite each other's future, so they go one at a time.
-        async with self._query_lock:
-            return await self._request(make, what)
-
-    async def _completed_views(self) -> list[IbOrderView]:
-        async with self._query_lock:
-            views: list[IbOrderView] = []
-            self._feed.collecting = views
-            try:
-                await self._request(lambda: self._ib_().reqCompletedOrdersAsync(False),
-                                    "completed orders")
-                return views
-            finally:
-                self._feed.collecting = None
-
-    async def _executions(self, since: datetime | None) -> list[IbExecution]:
-        flt = ExecutionFilter(acctCode=self._feed.account,
-                              time=exec_filter_time(since) if since else "")
-        fills = await self._request(lambda: self._ib_().reqExecutionsAsync(flt), "executions")
-        return [execution_of(f.contract, f.execution) for f in fills]
-
-    async def _open_views(self) -> list[tuple[IbOrderView, int, Decimal | None]]:
-        trades = await self._keyed(self._ib_().reqAllOpenOrdersAsync, "open orders")
-        out = []
-        for t in trades:
-            view = self._feed.trade_view(t)
-            if view is not None:
-                filled = shares(t.orderStatus.filled)
-                out.append((view, filled, dec(t.orderStatus.avgFillPrice) if filled else None))
-        return out
-
-    async def _lookup(self, cid: str) -> tuple[IbOrderView, int, Decimal | None] | None:
-        """The order with orderRef ``cid`` at the broker now (open, then completed)."""
-        for view, filled, avg in await self._open_views():
-            if view.client_order_id == cid:
-                return view, filled, avg
-        done = [v for v in await self._completed_views() if v.client_order_id == cid]
-        if not done:
-            return None
-        order = self._tracker.orders.get(cid)
-        return done[-1], done[-1].filled or 0, order.avg_fill_price if order else None
 
     # -- Broker: orders ----------------------------------------------------------------
 
@@ -498,7 +438,7 @@ class IbBroker:
     async def _adopt_if_placed(self, cid: str) -> bool:
         """After 103 or silence: look the orderRef up at the broker; adopt what is there."""
         try:
-            found = await self._lookup(cid)
+            found = await self._req.lookup(cid)
         except BrokerError as exc:
             raise AmbiguousSubmission(f"IB submit {cid}: outcome unknown and lookup failed: "
                                       f"{exc}") from exc
@@ -538,7 +478,7 @@ class IbBroker:
             raise BrokerUnavailable(f"IB cancel {client_order_id}: not connected") from exc
 
     async def _order_id_at_broker(self, cid: str) -> int:
-        for view, filled, _avg in await self._open_views():
+        for view, filled, _avg in await self._req.open_views():
             if view.client_order_id != cid:
                 continue
             if view.client_id != self._cfg.client_id:
@@ -553,7 +493,7 @@ class IbBroker:
     async def cancel_all(self) -> None:
         """Cancel every open order of this client id (not other sessions' orders: IB's
         global cancel would reach orders this daemon does not own)."""
-        cids = {v.client_order_id for v, _f, _a in await self._open_views()
+        cids = {v.client_order_id for v, _f, _a in await self._req.open_views()
                 if v.client_id == self._cfg.client_id}
         cids.update(self._tracker.open_cids())
         log.info("ib.cancel_all", orders=len(cids))
@@ -574,75 +514,22 @@ class IbBroker:
     # -- Broker: queries ------------------------------------------------------------------
 
     async def get_order(self, client_order_id: str) -> BrokerOrder | None:
-        found = await self._lookup(client_order_id)
-        if found is None:
-            return None
-        view, filled, avg = found
-        order = self._tracker.orders.get(client_order_id)
-        return broker_order(view, filled=filled, avg_price=avg,
-                            submitted_at=order.created_ts if order else self._clock.now())
+        return await self._req.get_order(client_order_id)
 
     async def open_orders(self) -> list[BrokerOrder]:
-        now = self._clock.now()
-        out = []
-        for view, filled, avg in await self._open_views():
-            order = self._tracker.orders.get(view.client_order_id)
-            out.append(broker_order(view, filled=filled, avg_price=avg,
-                                    submitted_at=order.created_ts if order else now))
-        return out
+        return await self._req.open_orders()
 
     async def fills_since(self, since: datetime) -> list[BrokerFill]:
         """Executions after ``since`` (reqExecutions), one per fill of an order (an IB
         correction re-sends a fill under a new execId with the same ``cumQty``), each
         with its commission (waited for up to ``commission_wait_secs``)."""
-        execs = one_per_fill(await self._executions(since))
-        await self._await_commissions(e.exec_id for e in execs)
-        out = []
-        for e in execs:
-            commission = self._tracker.commission_of(e.exec_id)
-            if commission is None:
-                log.error("ib.commission_missing", execution_id=e.exec_id,
-                          client_order_id=e.client_order_id, where="fills_since")
-            out.append(broker_fill(e, commission or Decimal(0)))
-        return out
-
-    async def _await_commissions(self, exec_ids: Iterable[str]) -> None:
-        waiting = set(exec_ids)
-        deadline = time.monotonic() + self._cfg.commission_wait_secs
-        while True:
-            waiting = {x for x in waiting if self._tracker.commission_of(x) is None}
-            left = deadline - time.monotonic()
-            if not waiting or left <= 0:
-                return
-            self._feed.commission_seen.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._feed.commission_seen.wait(), left)
+        return await self._req.fills_since(since)
 
     async def positions(self) -> list[BrokerPosition]:
-        rows = await self._keyed(self._ib_().reqPositionsAsync, "positions")
-        return [BrokerPosition(str(p.contract.symbol), shares(p.position), dec(p.avgCost)
-                               or Decimal(0))
-                for p in rows if self._feed.mine(str(p.account)) and shares(p.position)]
+        return await self._req.positions()
 
     async def account(self) -> AccountSnapshot:
-        """Cash (TotalCashValue), equity (NetLiquidation) and buying power from a fresh
-        account-updates download (unsubscribe, subscribe, wait for its end)."""
-        ib, account = self._ib_(), self._feed.account
-
-        def download() -> Awaitable[None]:
-            self._client().reqAccountUpdates(False, account)
-            return ib.reqAccountUpdatesAsync(account)
-
-        await self._keyed(download, "account updates")
-        values = account_values(ib.accountValues(account), self._cfg.currency)
-        cash, equity = values.get("TotalCashValue"), values.get("NetLiquidation")
-        if cash is None or equity is None:
-            raise BrokerUnavailable(f"IB account {account}: TotalCashValue or "
-                                    f"NetLiquidation missing in {self._cfg.currency}")
-        positions = await self.positions()
-        return AccountSnapshot(ts=self._clock.now(), cash=cash, equity=equity,
-                               buying_power=values.get("BuyingPower", cash),
-                               positions=tuple(positions))
+        return await self._req.account()
 
     async def clock(self) -> MarketClock | None:
         """IB has no market clock API: the exchange calendar decides."""
