@@ -23,6 +23,7 @@ from tests.brokers.conftest import Recorder, intent
 from tests.fake_tws import FakeTws
 from tests.fake_tws.kit import (
     PRICES,
+    assert_books_match,
     assert_fills_match_fake,
     eventually,
     fills_of,
@@ -74,6 +75,7 @@ class TestSubmit:
         assert (at_fake["order_type"], at_fake["status"]) == (ib_type, "Filled")
         assert orders_by_ref(tws) == {it.client_order_id: 1}
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
         assert [f.fill.cum_qty for f in fills_of(recorder.events)] == [5, 10]
 
     async def test_submit_when_sink_called_then_on_loop_thread(
@@ -106,6 +108,7 @@ class TestSubmit:
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert order.avg_fill_price == Decimal("169.95")
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_submit_when_201_then_rejected_with_code_and_nothing_booked(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -149,6 +152,7 @@ class TestSubmit:
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert orders_by_ref(tws) == {it.client_order_id: 1}
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_submit_when_103_every_time_then_unavailable_and_not_at_fake(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -169,6 +173,7 @@ class TestSubmit:
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert orders_by_ref(tws) == {it.client_order_id: 1}
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_submit_when_same_client_order_id_twice_then_one_order(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -218,6 +223,7 @@ class TestFills:
         fills = fills_of(recorder.events)
         assert [(f.fill.qty, f.fill.cum_qty) for f in fills] == [(3, 3), (4, 7), (3, 10)]
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_fills_when_messages_duplicated_then_each_reported_once(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -230,6 +236,7 @@ class TestFills:
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert recorder.errors == []
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_fill_when_commission_report_lost_then_asked_again_and_reported_with_it(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -241,6 +248,7 @@ class TestFills:
         [fill] = fills_of(recorder.events)
         assert fill.fill.commission == Decimal("0.35")  # the fake's, not a zero
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_fill_when_commission_never_comes_then_reported_without_and_alert(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -264,6 +272,7 @@ class TestFills:
         await broker.submit(it)
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
     async def test_cancel_from_ib_when_fills_missing_then_fills_first_then_canceled(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -278,6 +287,7 @@ class TestFills:
         assert recorder.of(it.client_order_id)[-2:] == ["OrderFilled", "OrderCanceled"]
         assert order.filled_qty == 4
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
 
 class TestCancel:
@@ -383,6 +393,7 @@ class TestClose:
         # Assert
         assert order.status == OrderStatus.FILLED
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
 
 
 class TestMemory:

@@ -20,6 +20,7 @@ from tests.brokers.conftest import Recorder, intent
 from tests.fake_tws import FakeTws
 from tests.fake_tws.kit import (
     PRICES,
+    assert_books_match,
     assert_fills_match_fake,
     eventually,
     fills_of,
@@ -68,6 +69,7 @@ class TestReconnect:
         assert [f.fill.qty for f in fills_of(recorder.events)] == [3, 4, 3]
         assert orders_by_ref(tws) == {it.client_order_id: 1}
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
         assert recorder.errors == []
 
     async def test_submit_while_disconnected_then_unavailable_and_nothing_sent(
@@ -104,6 +106,7 @@ class TestReconnect:
         assert new_id in old_ids.values()
         assert orders_by_ref(tws) == {it.client_order_id: 1 for it in [*first, again]}
         assert_fills_match_fake(recorder.events, tws)
+        assert_books_match(recorder.events, tws)
         for it in [*first, again]:
             assert recorder.orders[it.client_order_id].filled_qty == it.qty
         assert recorder.errors == []
@@ -125,6 +128,7 @@ class TestReconnect:
             await b.submit(it)
             await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert orders_by_ref(tws) == {it.client_order_id: 1}
+        assert_books_match(recorder.events, tws)
 
     async def test_link_lost_then_restored_then_refused_meanwhile_and_reconciled_after(
             self, broker: IbBroker, recorder: Recorder, tws: FakeTws) -> None:
@@ -141,6 +145,7 @@ class TestReconnect:
         await broker.submit(it)
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         assert orders_by_ref(tws) == {it.client_order_id: 1}
+        assert_books_match(recorder.events, tws)
 
 
 class TestStartup:

@@ -49,6 +49,19 @@ def assert_fills_match_fake(events: list[Event], tws: FakeTws, refs: set[str] | 
             int(Decimal(e["cum_qty"])))
 
 
+def assert_books_match(events: list[Event], tws: FakeTws,
+                       start_cash: Decimal = Decimal(100_000)) -> None:
+    """Positions and cash implied by the reported fills equal the fake's books."""
+    cash, held = start_cash, Counter[str]()
+    for f in fills_of(events):
+        cash -= f.fill.signed_qty * f.fill.price + f.fill.commission
+        held[f.fill.symbol] += f.fill.signed_qty
+    snap = tws.snapshot()
+    assert {s: q for s, q in held.items() if q} == {
+        s: int(Decimal(p["qty"])) for s, p in snap["positions"].items()}
+    assert cash == Decimal(snap["account"]["cash"])
+
+
 async def eventually(pred: Any, secs: float = 5.0) -> None:
     """Wait until ``pred()`` holds (it reads state of the fake or the recorder, which
     signal nothing: polled every 10 ms), at most ``secs``."""
@@ -60,5 +73,5 @@ async def eventually(pred: Any, secs: float = 5.0) -> None:
     await asyncio.wait_for(loop(), secs)
 
 
-__all__ = ["PRICES", "assert_fills_match_fake", "eventually", "fills_of", "ib_cfg",
-           "orders_by_ref"]
+__all__ = ["PRICES", "assert_books_match", "assert_fills_match_fake", "eventually",
+           "fills_of", "ib_cfg", "orders_by_ref"]
