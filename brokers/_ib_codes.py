@@ -19,7 +19,7 @@ kind                       codes and handling
 ``LINK_RESTORED``          1101, 1102: back: catch up and reconcile
 ``INFO``                   2104, 2106, 2107, 2108, 2158 (farm notices) and 2100-2199
 ``WARNING``                105, 110, 165, 321, 329, 399, 404, 434, 492, 10167: the order
-                           stays live; logged
+                           stays live; logged (110 refuses an order not yet acknowledged)
 ``ERROR``                  anything else: for an unacknowledged order a refusal, else logged
 =========================  ==============================================================
 """
@@ -83,9 +83,11 @@ def classify(code: int) -> IbCode:
 
 
 def is_refusal(code: int) -> bool:
-    """A code that means an order was not taken (for an order TWS has not yet
-    acknowledged, any error that is not a warning, a notice or 103)."""
-    return classify(code) in (IbCode.REJECTED, IbCode.ERROR, IbCode.NOT_CONNECTED)
+    """A code that means an order TWS has not yet acknowledged was not taken: any error
+    that is not a warning, a notice or 103, and 110 (a price off the tick grid: a live
+    order keeps working, a new one is refused, as ib_async also reads it)."""
+    return code == 110 or classify(code) in (IbCode.REJECTED, IbCode.ERROR,
+                                              IbCode.NOT_CONNECTED)
 
 
 def error_for(code: int, message: str, *, what: str) -> BrokerError:

@@ -284,13 +284,15 @@ class IbTracker:
         if order is None or cid is None:
             return False
         kind, reason = classify(code), f"IB {code}: {message}"
+        refused = kind is IbCode.REJECTED or (order.status is OrderStatus.PENDING_NEW
+                                              and is_refusal(code))
         if kind is IbCode.DUPLICATE_ID:
             # The id belongs to another order: unmap it, or that order's messages would
             # be taken for this one. The caller looks the orderRef up and places again.
             self._by_oid.pop(order_id, None)
             self._books[cid].order_ids.discard(order_id)
             self._on_ack(cid, Ack.DUPLICATE_ID)
-        elif kind in (IbCode.WARNING, IbCode.INFO):
+        elif kind in (IbCode.WARNING, IbCode.INFO) and not refused:
             log.warning("ib.order_warning", client_order_id=cid, code=code, message=message)
         elif kind is IbCode.CANCELED:
             self._books[cid].reason = reason
@@ -298,8 +300,7 @@ class IbTracker:
         elif kind is IbCode.CANCEL_REFUSED:
             log.info("ib.cancel_refused", client_order_id=cid, code=code, message=message)
             self._emit(order, OrderCancelRejected(cid, self._now(), reason=reason))
-        elif kind is IbCode.REJECTED or (order.status is OrderStatus.PENDING_NEW
-                                         and is_refusal(code)):
+        elif refused:
             self._books[cid].reason = reason
             self._on_ack(cid, Ack.REJECTED)
             if not order.filled_qty:

@@ -170,6 +170,17 @@ class TestExamples:
         assert [type(e).__name__ for e in h.events] == ["OrderRejected"]
         assert h.acks == [("c", Ack.REJECTED)]
 
+    def test_price_off_tick_when_new_order_then_rejected_when_live_then_warning(
+            self) -> None:
+        h = Harness()
+        h.place("new", 5, order_id=3)
+        h.tracker.on_error(3, 110, "The price does not conform to the minimum variation")
+        h.place("live", 5, order_id=4)
+        h.tracker.on_status(status("Submitted", 0, perm=501, order_id=4))
+        h.tracker.on_error(4, 110, "The price does not conform to the minimum variation")
+        assert [(type(e).__name__, e.client_order_id) for e in h.events] == [
+            ("OrderRejected", "new"), ("OrderNew", "live")]
+
     def test_warning_when_order_live_then_no_event(self) -> None:
         h = Harness()
         h.place("c", 5, order_id=3)
