@@ -122,8 +122,7 @@ class IbRequests:
         done = [v for v in await self.completed_views() if v.client_order_id == cid]
         if not done:
             return None
-        order = self._tracker.orders.get(cid)
-        return done[-1], done[-1].filled or 0, order.avg_fill_price if order else None
+        return done[-1], done[-1].filled or 0, self._tracker.avg_fill_price(cid)
 
     # -- Broker queries ------------------------------------------------------------------
 

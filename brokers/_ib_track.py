@@ -274,6 +274,14 @@ class IbTracker:
             if order is not None:
                 self._emit_fill(order, pending.ex, amount)
 
+    def avg_fill_price(self, cid: str) -> Decimal | None:
+        """The average price of the fills reported for ``cid``; None when not all of its
+        fills went through this book (adopted partly filled) or none did."""
+        order, book = self.orders.get(cid), self._books.get(cid)
+        if order is None or book is None or book.floor or not order.filled_qty:
+            return None
+        return order.avg_fill_price
+
     def commission_of(self, exec_id: str) -> Decimal | None:
         return self._commissions.get(exec_id)
 

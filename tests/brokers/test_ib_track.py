@@ -208,3 +208,4 @@ class TestExamples:
         h.tracker.on_commission("e1", Decimal(1))
         h.tracker.on_commission("e2", Decimal(1))
         assert [(f.fill.execution_id, f.fill.qty) for f in h.fills()] == [("e2", 4)]
+        assert h.tracker.avg_fill_price("c") is None  # 6 of its 10 filled before us
