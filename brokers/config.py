@@ -1,4 +1,5 @@
-"""Broker configuration: which broker, the paper simulator's models, Alpaca endpoints."""
+"""Broker configuration: which broker, the paper simulator's models, Alpaca endpoints,
+the Interactive Brokers session."""
 
 from __future__ import annotations
 
@@ -49,7 +50,51 @@ class AlpacaConfig(ComponentConfig):
         0.5, ge=0, description="wait for the stream before fetching a missed fill over REST")
 
 
+# IB Gateway 4001 and TWS 7496 trade real money; 4002 and 7497 are their paper ports.
+IB_LIVE_PORTS = frozenset({4001, 7496})
+IB_PAPER_PORTS = frozenset({4002, 7497})
+
+
+class IbConfig(ComponentConfig):
+    """The Interactive Brokers session (IB Gateway or TWS, through ib_async).
+
+    ``port`` defaults to 4002 (IB Gateway, paper); 7497 is TWS paper. The live ports
+    4001/7496 are refused unless ``daemon.mode: live`` (checked by the root settings).
+    ``client_id`` must be unique per API session on that Gateway; 0 (which binds manual
+    TWS orders) is not allowed. ``account`` is needed only when the login manages
+    several accounts.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(4002, ge=1, le=65535)
+    client_id: int = Field(1, ge=1, le=2**31 - 1)
+    account: str | None = Field(None, min_length=1)
+    currency: str = Field("USD", min_length=3, max_length=3)
+    exchange: str = Field("SMART", min_length=1, description="routing destination")
+    outside_rth: bool = Field(False, description="let orders work outside regular hours")
+    connect_timeout_secs: float = Field(10.0, gt=0, description="socket, handshake, sync")
+    request_timeout_secs: float = Field(10.0, gt=0, description="one query round trip")
+    ack_timeout_secs: float = Field(5.0, gt=0, description="wait for a placed order's ack")
+    submit_attempts: int = Field(
+        3, ge=1, description="placements of one orderRef after 'duplicate order id' (103)")
+    reconnect_backoff_secs: float = Field(1.0, gt=0, description="first reconnect wait")
+    reconnect_backoff_max_secs: float = Field(30.0, gt=0)
+    heartbeat_secs: float = Field(
+        10.0, gt=0, description="probe a silent connection (reqCurrentTime) after this")
+    commission_wait_secs: float = Field(
+        3.0, gt=0, description="hold a fill this long for its commission report, then "
+                               "ask again once before reporting it without one")
+    gap_grace_secs: float = Field(
+        0.5, ge=0, description="wait for a missing execution before asking for it")
+    close_grace_secs: float = Field(
+        2.0, ge=0, description="on close, wait this long for the fills of acknowledged "
+                               "market orders and for commissions still owed")
+    finished_orders_kept: int = Field(
+        2000, ge=10, description="finished orders remembered for de-duplication")
+
+
 class BrokerConfig(ComponentConfig):
-    kind: Literal["paper", "alpaca"] = "paper"
+    kind: Literal["paper", "alpaca", "ib"] = "paper"
     paper: PaperConfig = PaperConfig()
     alpaca: AlpacaConfig = AlpacaConfig()
+    ib: IbConfig = IbConfig()

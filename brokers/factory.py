@@ -1,4 +1,5 @@
-"""Build the configured broker. Alpaca's SDK is imported only when Alpaca is chosen."""
+"""Build the configured broker. A vendor SDK (alpaca-py, ib_async) is imported only when
+its broker is chosen."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def create_broker(
 
         alpaca: Broker = AlpacaBroker(cfg.alpaca, clock=clock, sink=sink, loop=loop)
         return alpaca
+    if cfg.kind == "ib":
+        from brokers.ib import IbBroker
+
+        ib: Broker = IbBroker(cfg.ib, clock=clock, sink=sink, loop=loop)
+        return ib
     from brokers.paper import PaperBroker
 
     return PaperBroker(cfg=cfg.paper, clock=clock, sink=sink,

@@ -29,7 +29,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from brokers.config import BrokerConfig
+from brokers.config import IB_LIVE_PORTS, BrokerConfig
 from config.operations import AlertsConfig, HttpConfig
 from engine.accounts import account_specs, check_routing
 from engine.config import AccountConfig, DaemonConfig, FeedConfig, RoutingConfig
@@ -136,9 +136,11 @@ def load_settings(
     specs = account_specs(settings.accounts, broker=settings.broker, risk=settings.risk,
                           state_dir=settings.daemon.state_dir, environ=env)
     check_routing(settings.routing, settings.accounts)
+    _check_live_endpoints(settings, [s.broker for s in specs])
     return _resolve_feed(settings, [s.broker for s in specs])
 
 
+_ALPACA_PAPER_HOST = "paper-api.alpaca.markets"
 _IB_STANDARD_PORTS = frozenset({4001, 4002, 7496, 7497})  # Gateway/TWS, live and paper
 
 
@@ -241,3 +243,26 @@ def _check_live(settings: Settings, env: dict[str, str] | os._Environ[str]) -> N
             "daemon.mode", "live",
             "live trading also needs TRADINGD_LIVE=1 in the environment (paper is the default)",
         )
+
+
+def _check_live_endpoints(settings: Settings, brokers: list[BrokerConfig]) -> None:
+    """A broker endpoint that trades real money needs ``daemon.mode: live`` (which itself
+    needs TRADINGD_LIVE=1): Alpaca anywhere but its paper API or a loopback emulator, IB
+    on the Gateway's or TWS's live port."""
+    if settings.daemon.mode == "live":
+        return
+    for i, b in enumerate(brokers):
+        multi = bool(settings.accounts)
+        if b.kind == "alpaca":
+            host = urlsplit(b.alpaca.base_url).hostname or ""
+            if host != _ALPACA_PAPER_HOST and not _is_loopback(host):
+                raise ConfigError(
+                    f"accounts.{i}.broker.base_url" if multi else "broker.alpaca.base_url",
+                    b.alpaca.base_url, f"the paper API (https://{_ALPACA_PAPER_HOST}): another "
+                    "endpoint trades real money and needs daemon.mode: live and TRADINGD_LIVE=1")
+        if b.kind == "ib" and b.ib.port in IB_LIVE_PORTS:
+            raise ConfigError(
+                f"accounts.{i}.broker.port" if multi else "broker.ib.port",
+                b.ib.port, "a paper port (4002 IB Gateway, 7497 TWS): 4001/7496 trade real "
+                "money and need daemon.mode: live (and TRADINGD_LIVE=1)")
+

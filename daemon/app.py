@@ -66,6 +66,12 @@ log = structlog.get_logger("daemon.app")
 STATUS_FILE = "status.json"
 EXIT_AUTH = 2  # the broker refused the keys: a configuration problem, not a crash
 EXIT_STOPPED_CONNECTING = 0  # asked to stop before the broker could be reached
+_AUTH_HINTS = {
+    "alpaca": "check the broker keys (APCA_API_KEY_ID / APCA_API_SECRET_KEY, or the "
+              "account's credentials) and that base_url matches them",
+    "ib": "another API session holds this client id (broker.ib.client_id), or the "
+          "Gateway/TWS refused the connection: check its API settings",
+}
 
 
 class Daemon:
@@ -252,12 +258,8 @@ class Daemon:
                          state_dir=str(self.state_dir))
                 await sup.stopped.wait()
                 await self._shutdown()
-        except BrokerAuthError as exc:
-            # Wrong keys do not get better by retrying: one clear line, exit 2.
-            log.error("broker.auth_failed", error=str(exc),
-                      detail="check the broker keys (APCA_API_KEY_ID / APCA_API_SECRET_KEY "
-                             "or the account's credentials)")
-            return EXIT_AUTH
+        except BrokerAuthError:
+            return EXIT_AUTH  # logged by _connect
         finally:
             sup.close()
         return 1 if sup.fatal is not None else 0
@@ -276,8 +278,13 @@ class Daemon:
                 if not self.replaying:
                     await system.refresh_market_clock()
                 await system.start_books()
-            except BrokerAuthError:
+            except BrokerAuthError as exc:
                 await inner.aclose()
+                # Refused credentials (or, IB, a client id another session holds) do not
+                # get better by retrying: one clear line, exit 2.
+                log.error("broker.auth_failed", account=system.name,
+                          broker=system.spec.broker.kind, error=str(exc),
+                          detail=_AUTH_HINTS.get(system.spec.broker.kind, ""))
                 raise
             except (BrokerError, OSError, TimeoutError) as exc:
                 await inner.aclose()

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a trading session")
     _add_config_args(p)
-    p.add_argument("--broker", choices=["paper", "alpaca"])
+    p.add_argument("--broker", choices=["paper", "alpaca", "ib"])
     p.add_argument("--replay", type=Path, help="replay bars from this CSV")
     p.add_argument("--speed", help="'max' or a multiple of real time (e.g. 60)")
     p.set_defaults(func=cmd_run)
