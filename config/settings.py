@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 from brokers.config import BrokerConfig
-from engine.config import DaemonConfig, FeedConfig
+from engine.config import DaemonConfig, FeedConfig, SessionConfig
 from kernel.errors import ConfigError
 from risk.config import RiskConfig
 from signals.config import SignalsConfig
@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     broker: BrokerConfig = BrokerConfig()
     risk: RiskConfig = RiskConfig()
     feed: FeedConfig = FeedConfig()
+    session: SessionConfig = SessionConfig()
     signals: SignalsConfig = SignalsConfig()
 
 
