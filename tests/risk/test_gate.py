@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent
+from kernel.events import (
+    BrokerStatusChanged,
+    OrderDenied,
+    OrderIntent,
+    SessionPhase,
+    SessionPhaseChanged,
+)
 from kernel.model import OrderSide
 from risk.config import RiskConfig
 from risk.market import MarketHours
@@ -73,6 +79,13 @@ def restore_marks(sod: int, peak: int, session: int | None = None) -> Callable[[
         if session is not None:
             h.gate.marks.session_start = Decimal(session)
     return run
+
+
+def phase(p: SessionPhase) -> Callable[[Harness], None]:
+    """The lifecycle runner's event, as it publishes it on the bus."""
+    return lambda h: h.bus.publish(SessionPhaseChanged(
+        phase=p, session=SESSION.date(), ts=h.clock.now(), next_phase=SessionPhase.CLOSED,
+        next_at=SESSION))
 
 
 def emergency_sell(h: Harness) -> OrderIntent:
@@ -147,6 +160,18 @@ CASES = [
          setup={"market": _MARKET, "now": PRE_MARKET}),
     Case("open_session", R.MARKET_CLOSED, Harness.intent, False, qty=5,
          setup={"market": _MARKET}),
+    Case("closing_entry", R.SESSION_CLOSING, seq(phase(SessionPhase.CLOSING),
+                                                  last=Harness.intent), True, 0, 5),
+    Case("closing_exit", R.SESSION_CLOSING,
+         seq(lambda h: h.hold("AAPL", 10), phase(SessionPhase.CLOSING),
+             last=lambda h: h.intent(side=SELL, qty=10)), False, qty=10),
+    Case("closing_flip_cut_to_exit", R.SESSION_CLOSING,
+         seq(lambda h: h.hold("AAPL", 6), phase(SessionPhase.CLOSING),
+             last=lambda h: h.intent(side=SELL, qty=10)), False, qty=6,
+         cfg={"allow_shorts": True}),
+    Case("open_next_day", R.SESSION_CLOSING,
+         seq(phase(SessionPhase.CLOSING), phase(SessionPhase.CLOSED),
+             phase(SessionPhase.OPEN), last=Harness.intent), False, qty=5),
     Case("emergency_extended_hours", R.MARKET_CLOSED,
          seq(lambda h: h.hold("AAPL", 10), halt("operator"), last=emergency_sell), False,
          qty=10, setup={"market": _MARKET, "now": PRE_MARKET}),
