@@ -22,6 +22,8 @@ from config.settings import Settings, load_settings
 from daemon.preflight import PreflightReport, run_preflight
 from engine.journal import JOURNAL_FILE, Journal
 from engine.session import CheckStatus, TradingCalendar
+from kernel.broker import BrokerOrder
+from kernel.model import AccountSnapshot, BrokerPosition, MarketClock
 from signals import demodata
 from tests.alpaca_emulator import EmulatorThread
 from tests.data import REPO
@@ -328,3 +330,46 @@ class TestPreflightModelAndMqtt:
         bad = by_name(await run_preflight(load_settings(environ=env), environ={}))["mqtt"]
         assert bad.status is S.FAIL
         assert "not-the-password" not in bad.observed + bad.detail
+
+
+class BlockedAccount:
+    """A ``BrokerView`` whose account the broker has blocked (the emulator cannot say so
+    yet: its account is always ACTIVE and unblocked)."""
+
+    def __init__(self, status: str, blocked: bool) -> None:
+        self.status, self.blocked = status, blocked
+
+    async def account(self) -> AccountSnapshot:
+        return AccountSnapshot(ts=datetime.now(UTC), cash=Decimal(1000), equity=Decimal(1000),
+                               buying_power=Decimal(1000), status=self.status,
+                               trading_blocked=self.blocked)
+
+    async def clock(self) -> MarketClock | None:
+        return TradingCalendar().expected_clock(datetime.now(UTC))
+
+    async def positions(self) -> list[BrokerPosition]:
+        return []
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        return []
+
+    async def untradable(self, symbols: list[str]) -> dict[str, str]:
+        return {}
+
+
+@pytest.mark.parametrize(("status", "blocked", "observed"), [
+    ("ACCOUNT_UPDATED", False, "status ACCOUNT_UPDATED, buying power 1000, equity 1000"),
+    ("ACTIVE", True, "status ACTIVE, buying power 1000, equity 1000, TRADING BLOCKED"),
+])
+async def test_account_when_inactive_or_blocked_then_fail(
+    tmp_path: Path, status: str, blocked: bool, observed: str
+) -> None:
+    s = load_settings(environ={"APCA_API_KEY_ID": KEY, "APCA_API_SECRET_KEY": SECRET,
+                               "TRADINGD_BROKER__KIND": "alpaca",
+                               "TRADINGD_FEED__SOURCE": "alpaca",
+                               "TRADINGD_FEED__SYMBOLS": '["AAPL"]',
+                               "TRADINGD_DAEMON__STATE_DIR": str(tmp_path)})
+    report = await run_preflight(s, environ={}, broker=BlockedAccount(status, blocked))
+    account = by_name(report)["account"]
+    assert (account.status, account.observed) == (S.FAIL, observed)
+    assert by_name(report)["market_clock"].status is S.OK  # a calendar-true clock agrees
