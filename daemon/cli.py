@@ -36,6 +36,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o.setdefault("daemon", {})["state_dir"] = str(args.state_dir)
     if getattr(args, "broker", None):
         o.setdefault("broker", {})["kind"] = args.broker
+        if (args.broker == "alpaca" and args.command in ("run", "preflight")
+                and not getattr(args, "replay", None)):
+            # Live by default with a real broker: its data feed, never the demo day.
+            o.setdefault("feed", {})["source"] = "alpaca"
     if getattr(args, "replay", None):
         o.setdefault("feed", {}).update(source="replay", replay=str(args.replay))
     if getattr(args, "speed", None):
@@ -75,9 +79,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.preflight import feed_refusal
     from kernel import logging as dlog
 
     settings = _settings(args)
+    refusal = feed_refusal(settings)
+    if refusal is not None:
+        raise refusal
     dlog.configure(settings.daemon.log_level)
     for secret in (settings.broker.alpaca.key_id, settings.broker.alpaca.secret_key):
         if secret is not None:

@@ -195,19 +195,32 @@ def is_loopback(url: str) -> bool:
     return (urlsplit(url).hostname or "") in _LOOPBACK
 
 
+def feed_refusal(s: Settings) -> ConfigError | None:
+    """Why the feed cannot run against the broker: a replay (the demo day included) sent
+    to a broker account. Only the paper broker and a loopback emulator take a replay."""
+    url = s.broker.alpaca.base_url
+    if s.broker.kind == "alpaca" and s.feed.source == "replay" and not is_loopback(url):
+        return ConfigError(
+            "feed.source", "replay",
+            f"the broker's live feed (feed.source: alpaca and feed.symbols) against {url}: "
+            "a replay against a broker account is refused (only the paper broker or a "
+            "loopback emulator take one)")
+    return None
+
+
 def _check_feed(s: Settings) -> Check:
     source = s.feed.replay or "the demo day"
     if s.broker.kind != "alpaca":
         if s.feed.source == "alpaca":
             return Check("feed", S.OK, f"{len(s.feed.symbols)} symbols from Alpaca's data")
         return Check("feed", S.OK, f"replay of {source} on the paper broker")
+    refusal = feed_refusal(s)
+    if refusal is not None:
+        return Check("feed", S.FAIL, f"feed.source=replay against {s.broker.alpaca.base_url}",
+                     refusal.expected)
     if s.feed.source == "replay":
-        url = s.broker.alpaca.base_url
-        if is_loopback(url):
-            return Check("feed", S.OK, f"replay of {source} against the loopback {url}")
-        return Check("feed", S.FAIL, f"feed.source=replay against {url}",
-                     "a replay is refused against a broker account: set feed.source: alpaca "
-                     "and feed.symbols, or use --broker paper")
+        return Check("feed", S.OK,
+                     f"replay of {source} against the loopback {s.broker.alpaca.base_url}")
     return Check("feed", S.OK, f"{len(s.feed.symbols)} symbols from the {s.broker.alpaca.feed} "
                  f"feed: {', '.join(s.feed.symbols[:10])}"
                  + (" ..." if len(s.feed.symbols) > 10 else ""))
@@ -467,5 +480,5 @@ def _ny(t: datetime | None) -> str:
     return t.astimezone(NEW_YORK).strftime("%Y-%m-%d %H:%M %Z") if t is not None else "none"
 
 
-__all__ = ["BrokerView", "Check", "PreflightReport", "config_error_report", "is_loopback",
-           "run_preflight"]
+__all__ = ["BrokerView", "Check", "PreflightReport", "config_error_report", "feed_refusal",
+           "is_loopback", "run_preflight"]

@@ -52,3 +52,40 @@ class TestStateDirDiscovery:
         done = _tradingd(tmp_path, "status")
         assert done.returncode == 3
         assert "no daemon running and no status in state" in done.stderr
+
+
+class TestRunFeedRules:
+    """``run --broker alpaca`` is live by default; a replay reaches only the paper broker
+    or a loopback emulator. Both refusals happen before anything connects."""
+
+    def test_run_when_alpaca_without_symbols_then_exit_2_naming_feed_symbols(
+        self, tmp_path: Path
+    ) -> None:
+        shipped = REPO / "config" / "execution.yaml"
+        env = {"APCA_API_KEY_ID": "PKREFUSE00000000", "APCA_API_SECRET_KEY": "refuse-secret"}
+        done = _tradingd_env(tmp_path, env, "run", "--config", str(shipped), "--broker",
+                             "alpaca", "--session", "forever", "--state-dir", "st")
+        assert done.returncode == 2
+        assert "feed.symbols" in done.stderr
+        assert not (tmp_path / "st" / "journal.sqlite").exists()
+
+    def test_run_when_replay_against_a_broker_account_then_exit_2_naming_feed_source(
+        self, tmp_path: Path
+    ) -> None:
+        csv = demodata.write(tmp_path / "day.csv", days=1, n_symbols=3, seed=3)
+        env = {"APCA_API_KEY_ID": "PKREFUSE00000000", "APCA_API_SECRET_KEY": "refuse-secret"}
+        done = _tradingd_env(tmp_path, env, "run", "--broker", "alpaca", "--replay", str(csv),
+                             "--state-dir", "st")
+        assert done.returncode == 2
+        assert done.stderr.startswith("tradingd: config error: feed.source='replay': the "
+                                      "broker's live feed")
+        assert "https://paper-api.alpaca.markets" in done.stderr
+        assert not (tmp_path / "st").exists()
+
+
+def _tradingd_env(cwd: Path, extra: dict[str, str], *args: str
+                  ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env.update(PYTHONPATH=str(REPO), **extra)
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
