@@ -135,7 +135,8 @@ class Daemon:
                                    self.marks)
         self.recovered: Recovered | None = None
         self.sizer = Sizer(settings.risk, equity=self.portfolio.equity,
-                           holding=self._holding, send=self.bus.send)
+                           holding=self._holding, send=self.bus.send,
+                           orders_today=self.orders.orders_today)  # the gate's order budget
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
         self._build_risk()
