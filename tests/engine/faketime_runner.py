@@ -4,7 +4,6 @@ clock with libfaketime (see ``test_lifecycle_faketime``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Mapping
