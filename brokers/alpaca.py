@@ -30,7 +30,7 @@ import functools
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -836,9 +836,13 @@ class AlpacaBroker:
     async def account(self) -> AccountSnapshot:
         a: Any = await self._retry("account", lambda: self._c().get_account())
         positions = await self.positions()
+        last = a.get("last_equity")
         return AccountSnapshot(
             ts=self._clock.now(), cash=Decimal(str(a["cash"])), equity=Decimal(str(a["equity"])),
-            buying_power=Decimal(str(a["buying_power"])), positions=tuple(positions))
+            buying_power=Decimal(str(a["buying_power"])), positions=tuple(positions),
+            last_equity=Decimal(str(last)) if last not in (None, "") else None,
+            status=str(a.get("status") or ""),
+            trading_blocked=bool(a.get("trading_blocked") or a.get("account_blocked")))
 
     async def clock(self) -> MarketClock | None:
         c: Any = await self._retry("clock", lambda: self._c().get_clock())
@@ -849,6 +853,47 @@ class AlpacaBroker:
         req = GetCalendarRequest(start=start, end=end)
         rows: Any = await self._retry("calendar", lambda: self._c().get_calendar(req))
         return [trading_session(r) for r in rows]
+
+    # -- read-only use (tradingd preflight) -------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def rest_only(self) -> AsyncIterator[Self]:
+        """The REST queries (account, clock, calendar, positions, open orders, assets)
+        without the trade stream: Alpaca allows one trade-stream connection per account,
+        and a read-only tool must not take it from a running daemon. Nothing is adopted,
+        nothing submitted.
+
+        Raises:
+            BrokerAuthError: keys missing (the first query raises it for refused keys).
+        """
+        key, secret = _keys(self._cfg)
+        self._scrub = Scrubber(key, secret)
+        self._client = TradingClient(
+            key, secret, paper=True, raw_data=True, url_override=self._cfg.base_url.rstrip("/"))
+        _harden(self._client, self._cfg.request_timeout_secs)
+        try:
+            yield self
+        finally:
+            self._client._session.close()
+            self._client = None
+
+    async def untradable(self, symbols: list[str]) -> dict[str, str]:
+        """Of ``symbols``, those the broker would refuse, with why (``not listed``,
+        ``status inactive``, ``not tradable``)."""
+        out: dict[str, str] = {}
+        for sym in symbols:
+            try:
+                a: Any = await self._retry("asset", functools.partial(self._c().get_asset, sym))
+            except BrokerRejected as exc:
+                if exc.status != 404:
+                    raise
+                out[sym] = "not listed"
+                continue
+            if str(a.get("status", "")).lower() != "active":
+                out[sym] = f"status {a.get('status')}"
+            elif not a.get("tradable", False):
+                out[sym] = "not tradable"
+        return out
 
 
 class AlpacaBarFeed:

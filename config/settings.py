@@ -32,7 +32,7 @@ from pydantic_settings import (
 from brokers.config import IB_LIVE_PORTS, BrokerConfig
 from config.operations import AlertsConfig, HttpConfig
 from engine.accounts import account_specs, check_routing
-from engine.config import AccountConfig, DaemonConfig, FeedConfig, RoutingConfig
+from engine.config import AccountConfig, DaemonConfig, FeedConfig, RoutingConfig, SessionConfig
 from kernel.errors import ConfigError
 from risk.config import GlobalRiskConfig, RiskConfig
 from signals.config import SignalsConfig
@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     broker: BrokerConfig = BrokerConfig()
     risk: RiskConfig = RiskConfig()
     feed: FeedConfig = FeedConfig()
+    session: SessionConfig = SessionConfig()
     signals: SignalsConfig = SignalsConfig()
     accounts: list[AccountConfig] = []
     routing: RoutingConfig = RoutingConfig()
@@ -171,8 +172,8 @@ def _resolve_feed(settings: Settings, brokers: list[BrokerConfig]) -> Settings:
             if b.kind != "paper" and not _loopback_endpoint(b):
                 raise ConfigError("feed.replay", str(feed.replay or "the demo day"),
                                   f"a replay trades only the paper broker or a loopback "
-                                  f"emulator, never a {b.kind} account: use --broker paper, "
-                                  f"or drop --replay to trade the live session")
+                                  f"emulator, never a {b.kind} account ({_endpoint(b)}): use "
+                                  f"--broker paper, or drop --replay to trade the live session")
         if feed.replay is None and kinds != {"paper"}:
             raise ConfigError("feed.replay", None, "a CSV of bars: the demo day exists only "
                               "for the built-in paper broker")
@@ -191,6 +192,10 @@ def _loopback_endpoint(b: BrokerConfig) -> bool:
     if str(b.kind) == "ib" and ib is not None:
         return _is_loopback(str(ib.host)) and int(ib.port) not in _IB_STANDARD_PORTS
     return False
+
+
+def _endpoint(b: BrokerConfig) -> str:
+    return b.alpaca.base_url if b.kind == "alpaca" else f"{b.ib.host}:{b.ib.port}"
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,7 +1,12 @@
 """``tradingd``: the command line.
 
-Exit codes: 0 success, 1 the daemon failed (a component or handler raised), 2 invalid
-configuration or usage, 3 no running daemon to talk to.
+Exit codes: 0 success, 1 the daemon failed (a component or handler raised; for
+``preflight``: a check failed, the session cannot trade), 2 invalid configuration or
+usage, 3 no running daemon to talk to.
+
+The read-only commands (``status``, ``audit``, ``report``) find the state directory by
+itself when none is given and the configured one has no daemon state: the newest
+directory under it that has (``make run`` uses ``state/demo``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o.setdefault("feed", {}).update(source="replay", replay=str(args.replay))
     if getattr(args, "speed", None):
         o.setdefault("feed", {})["speed"] = args.speed
+    if getattr(args, "session", None):
+        o.setdefault("session", {})["repeat"] = args.session
     return o
 
 
@@ -97,11 +104,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+_STATE_MARKERS = ("journal.sqlite", "status.json", "control.sock")
+
+
+def _has_state(d: Path) -> bool:
+    return any((d / m).exists() for m in _STATE_MARKERS)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else the configured one; when that holds no daemon state, the
+    newest directory under it that does (said on stderr, so it is never a surprise)."""
+    if args.state_dir:
+        return Path(args.state_dir)
+    configured = Path(_settings(args).daemon.state_dir)
+    if _has_state(configured) or not configured.is_dir():
+        return configured
+    found = [d for d in configured.iterdir() if d.is_dir() and _has_state(d)]
+    if not found:
+        return configured
+    newest = max(found, key=lambda d: max((d / m).stat().st_mtime for m in _STATE_MARKERS
+                                          if (d / m).exists()))
+    print(f"tradingd: no daemon state in {configured}/; using {newest} (the newest under "
+          "it; --state-dir to choose)", file=sys.stderr)
+    return newest
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.app import read_status
     from daemon.control import request
 
-    state_dir = args.state_dir or _settings(args).daemon.state_dir
+    state_dir = _state_dir(args)
     try:
         status = asyncio.run(request(state_dir, "status"))
         status.pop("ok", None)
@@ -141,7 +173,7 @@ def _open_journal(args: argparse.Namespace) -> Any:
     # stdout carries the answer (tables, JSON, CSV); log lines go to stderr.
     dlog.configure("warning", stream=sys.stderr)
 
-    state_dir = Path(args.state_dir or _settings(args).daemon.state_dir)
+    state_dir = _state_dir(args)
     if getattr(args, "account", None):
         from engine.accounts import ACCOUNTS_DIR
 
@@ -200,6 +232,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """Read-only readiness checks; exit 0 only when the session can trade."""
+    import os
+
+    from daemon import preflight
+    from kernel import logging as dlog
+
+    dlog.configure("warning", stream=sys.stderr)  # stdout carries the report
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        report = preflight.config_error_report(exc)
+        code = EXIT_CONFIG
+    else:
+        for secret in (settings.broker.alpaca.key_id, settings.broker.alpaca.secret_key):
+            if secret is not None:
+                dlog.register_secret(secret.get_secret_value())
+        report = asyncio.run(preflight.run_preflight(settings, environ=dict(os.environ)))
+        code = 0 if report.ready else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.render_text())
+    return code
+
+
 def _control(cmd: str, arg_names: tuple[str, ...] = ()) -> Any:
     """A subcommand that sends ``cmd`` to the running daemon and prints its reply."""
 
@@ -236,19 +294,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tradingd", description="Event-driven trading daemon "
                                      "(paper trading by default).")
     sub = parser.add_subparsers(dest="command", required=True)
+    _session_commands(sub)
+    _journal_commands(sub)
+    p = sub.add_parser("check-config", help="validate and print the resolved config")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_config)
 
+    from signals import train
+
+    p = sub.add_parser("train", help="train the XGBoost signal model on minute bars")
+    train.add_arguments(p)
+    p.set_defaults(func=train.run)
+    _operator_commands(sub)
+    return parser
+
+
+Subparsers = Any  # argparse's _SubParsersAction
+
+
+def _session_commands(sub: Subparsers) -> None:
     p = sub.add_parser("run", help="run a trading session")
     _add_config_args(p)
     p.add_argument("--broker", choices=["paper", "alpaca", "ib"])
     p.add_argument("--replay", type=Path, help="replay bars from this CSV")
     p.add_argument("--speed", help="'max' or a multiple of real time (e.g. 60)")
+    p.add_argument("--session", choices=["once", "forever"],
+                   help="exit after the first session's close, or run day after day "
+                        "(session.repeat)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("preflight", help="can the session trade? read-only checks "
+                       "(exit 0 only when it can)")
+    _add_config_args(p)
+    p.add_argument("--broker", choices=["paper", "alpaca", "ib"])
+    p.add_argument("--replay", type=Path, help="the replay the run would play")
+    p.add_argument("--json", action="store_true", help="one JSON object with every check")
+    p.set_defaults(func=cmd_preflight)
 
     p = sub.add_parser("status", help="show positions, cash, state and counters")
     _add_config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+
+def _journal_commands(sub: Subparsers) -> None:
     p = sub.add_parser("audit", help="what happened to a signal or an order, and why")
     _add_config_args(p)
     p.add_argument("--account", help="the journal of this account (multi-account daemons)")
@@ -266,17 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="HTML file (default: <state_dir>/report-DAY.html)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("check-config", help="validate and print the resolved config")
-    _add_config_args(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_check_config)
 
-    from signals import train
-
-    p = sub.add_parser("train", help="train the XGBoost signal model on minute bars")
-    train.add_arguments(p)
-    p.set_defaults(func=train.run)
-
+def _operator_commands(sub: Subparsers) -> None:
     for name, help_text, arg_names in _OPERATOR_COMMANDS:
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p)
@@ -290,9 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("mode", nargs="?",
                            choices=["FULL_AUTO", "SEMI_AUTO", "MANUAL", "RESEARCH", "EMERGENCY"])
         p.set_defaults(func=_control(name, arg_names))
-    return parser
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

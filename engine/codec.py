@@ -14,7 +14,7 @@ import enum
 import functools
 import types
 import typing
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -115,6 +115,8 @@ def _decode(tp: Any, data: Any) -> Any:
             return Decimal(data)
         if tp is datetime:
             return datetime.fromisoformat(data)
+        if tp is date:  # a session's New York date (``SessionPhaseChanged.session``)
+            return date.fromisoformat(data)
         if tp is float:
             return float(data)
     return data

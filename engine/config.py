@@ -1,12 +1,12 @@
 """Engine configuration: the process (mode, state directory, timers, shutdown), the feed,
-the broker accounts and how signals are routed among them."""
+the trading session's schedule, the broker accounts and how signals are routed among them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kernel.config import ComponentConfig
 
@@ -108,3 +108,42 @@ class RoutingConfig(ComponentConfig):
     preferred: str | None = None
     failover: bool = True
     order: list[str] = Field(default_factory=list, description="failover order")
+class SessionConfig(ComponentConfig):
+    """The trading day on the exchange calendar (``engine.session``, ``engine.lifecycle``).
+
+    Before each session: preflight ``preflight_lead_mins`` before the open (default 60),
+    feature warm-up ``warmup_lead_mins`` before it (30). Trading from the open; from
+    ``no_new_entries_before_close_mins`` before the close (10) the gate refuses new
+    entries (``SESSION_CLOSING``; exits pass). At the close: working day orders are
+    cancelled, then positions are held or flattened (``at_close``: ``hold`` | ``flatten``).
+    ``repeat``: ``forever`` (the systemd unit: idle overnight, roll the day at the next
+    session) or ``once`` (exit after the first session's close).
+
+    The broker's market clock is cross-checked against the calendar: an open/closed
+    disagreement fails, next open/close times further apart than
+    ``clock_tolerance_secs`` (60) warn. ``max_skew_secs`` (2) is the broker clock skew
+    that warns, ``max_skew_fail_secs`` (30) the one that fails. The runner re-reads the
+    wall clock at least every ``max_sleep_secs`` (30), so a clock step (NTP, suspend) is
+    noticed within that time.
+    """
+
+    calendar: str = Field("XNYS", description="exchange_calendars name")
+    preflight_lead_mins: int = Field(60, ge=0, le=360)
+    warmup_lead_mins: int = Field(30, ge=0, le=360)
+    no_new_entries_before_close_mins: int = Field(
+        10, ge=0, le=180, description="the shortest (early-close) session lasts 210 min")
+    at_close: Literal["hold", "flatten"] = "hold"
+    repeat: Literal["once", "forever"] = "forever"
+    clock_tolerance_secs: float = Field(60.0, gt=0)
+    max_skew_secs: float = Field(2.0, gt=0)
+    max_skew_fail_secs: float = Field(30.0, gt=0)
+    max_sleep_secs: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _leads_in_order(self) -> SessionConfig:
+        if self.warmup_lead_mins > self.preflight_lead_mins:
+            raise ValueError("warmup_lead_mins must not exceed preflight_lead_mins "
+                             "(preflight runs first, then the warm-up)")
+        if self.max_skew_fail_secs < self.max_skew_secs:
+            raise ValueError("max_skew_fail_secs must be >= max_skew_secs")
+        return self

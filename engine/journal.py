@@ -157,8 +157,16 @@ class Journal:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def open(self) -> Self:
-        """Open (creating if needed) the journal file."""
+    def open(self, *, read_only: bool = False) -> Self:
+        """Open (creating if needed) the journal file; ``read_only`` opens an existing
+        one for reading only (``tradingd preflight`` beside a running daemon)."""
+        if read_only:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            for cid, sym in self._db.execute("SELECT client_order_id, symbol FROM journal "
+                                             "WHERE type='OrderIntent'"):
+                self._symbols[cid] = sym
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")

@@ -180,7 +180,8 @@ class TradingSystem:
                                    orders=self.orders, state=self.risk_state, marks=self.marks,
                                    publish=bus.publish, send=bus.send)
         self.sizer = Sizer(cfg, equity=self.portfolio.equity, holding=self._holding,
-                           send=bus.send)
+                           send=bus.send,
+                           orders_today=self.orders.orders_today)  # the gate's order budget
 
     def _wire(self) -> None:
         bus, cfg = self.bus, self.cfg

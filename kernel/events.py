@@ -8,8 +8,9 @@ subscribers. Both are immutable (frozen, slotted dataclasses). The hot path make
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -330,6 +331,41 @@ class BrokerStatusChanged(Event):
     status: str
     ts: datetime
     detail: str = ""
+
+
+# -- TRADING SESSION -------------------------------------------------------------------
+
+
+class SessionPhase(enum.StrEnum):
+    """Where the trading day stands on the exchange calendar (``engine.session``).
+
+    PREFLIGHT: before the open, the readiness checks run. WARMUP: feature history is
+    loaded. OPEN: trading. CLOSING: the last minutes before the close, no new entries
+    (exits pass; the gate denies ``SESSION_CLOSING``). CLOSED: after the close, and
+    overnight before the next session's preflight. HOLIDAY: a day without a session
+    (weekend or exchange holiday), from its midnight to the next session's preflight.
+    """
+
+    PREFLIGHT = "PREFLIGHT"
+    WARMUP = "WARMUP"
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+    HOLIDAY = "HOLIDAY"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPhaseChanged(Event):
+    """The trading day moved to ``phase``. ``session`` is the New York date of the session
+    the phase belongs to (CLOSED and HOLIDAY belong to the last session traded);
+    ``next_phase`` follows at ``next_at`` (UTC) by the calendar."""
+
+    phase: SessionPhase
+    session: date
+    ts: datetime
+    next_phase: SessionPhase
+    next_at: datetime
+    early_close: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,6 +227,13 @@ def check_market_open(open_now: bool, extended: bool) -> Denial | None:
     return None
 
 
+def cap_session_closing(ctx: Ctx, closing: bool) -> Cap | None:
+    """While the session is CLOSING no new entries: only the reducing part may trade."""
+    if closing and ctx.growth > 0:
+        return Cap(R.SESSION_CLOSING, ctx.reducible, ctx.qty, ctx.reducible)
+    return None
+
+
 def check_price_deviation(ctx: Ctx, last: float | None, lim: Limits) -> Denial | None:
     if last is None or not last > 0:
         return None

@@ -18,12 +18,16 @@ Which checks apply:
 * intents with a signal: signal validity, staleness, duplicate signal;
 * intents that are not ``reduce_only``: the rate limits, shorts, the minimum notional
   and the size caps;
-* orders that grow |exposure| (and are not ``reduce_only``): price deviation, spread,
-  symbol move and the loss limits (exits stay possible after a loss);
+* orders that grow |exposure| (and are not ``reduce_only``): session closing (cut to
+  the reducing part), price deviation, spread, symbol move and the loss limits (exits
+  stay possible after a loss);
 
 The emergency path is an intent with ``reduce_only=True`` and ``origin="emergency"``
 (only ``risk.emergency.liquidate`` makes them): it passes TRADING_HALTED and EMERGENCY
 mode, and may trade in extended hours, but never a kill switch nor RECONCILING.
+
+The session phase comes from ``SessionPhaseChanged`` (``on_session_phase``): CLOSING
+turns on SESSION_CLOSING until the next phase change.
 
 Cost: the account view (equity, exposure, working orders) is rebuilt only when a fill,
 an order event or a bar batch invalidates it, and updated in place by each pass, so a
@@ -56,6 +60,8 @@ from kernel.events import (
     OrderSubmitted,
     PlaceOrder,
     PositionChanged,
+    SessionPhase,
+    SessionPhaseChanged,
     SubmitOrder,
 )
 from kernel.model import Position
@@ -144,6 +150,7 @@ class Gate:
         self._ctx = ck.Ctx()
         self.reductions: list[tuple[Cap, int, int]] = []
         self._approved = False
+        self._closing = False  # the session is CLOSING: no new entries
         self.passed = 0
         self.denied: dict[str, int] = {}
 
@@ -168,6 +175,10 @@ class Gate:
 
     def on_position_changed(self, event: PositionChanged) -> None:
         self._book = None
+
+    def on_session_phase(self, event: SessionPhaseChanged) -> None:
+        """CLOSING refuses new entries (SESSION_CLOSING) until the phase changes."""
+        self._closing = event.phase is SessionPhase.CLOSING
 
     def invalidate(self) -> None:
         """Rebuild the account view before the next intent (after a restore, etc.)."""
@@ -256,6 +267,8 @@ class Gate:
     def _check_market(self, ctx: ck.Ctx) -> Denial | None:
         extended = self._cfg.extended_hours or ctx.emergency
         d = ck.check_market_open(self.market.is_open(ctx.now, extended=extended), extended)
+        if d is None:
+            d = self._apply_cap(ctx, ck.cap_session_closing(ctx, self._closing))
         if d is None and ctx.growth > 0 and not ctx.intent.reduce_only:
             sym = ctx.intent.symbol
             last = self._last.get(sym)

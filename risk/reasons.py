@@ -38,6 +38,10 @@ class ReasonCode(enum.StrEnum):
     Market:
         MARKET_CLOSED: outside the session (broker clock if known, else the XNYS
             calendar; extended hours when ``extended_hours`` or for the emergency path).
+        SESSION_CLOSING: the session is CLOSING (the last
+            ``no_new_entries_before_close_mins`` before the close, from the lifecycle's
+            ``SessionPhaseChanged``) and the order would grow |exposure|; exits pass, a
+            partly reducing order is cut to its reducing part.
         PRICE_DEVIATION: reference price differs from the last bar close by more than
             ``max_slip_pct``.
         SPREAD_TOO_WIDE: the last known quote spread exceeds ``max_spread_bps``.
@@ -77,6 +81,7 @@ class ReasonCode(enum.StrEnum):
     STALE_SIGNAL = "STALE_SIGNAL"
     DUPLICATE_SIGNAL = "DUPLICATE_SIGNAL"
     MARKET_CLOSED = "MARKET_CLOSED"
+    SESSION_CLOSING = "SESSION_CLOSING"
     PRICE_DEVIATION = "PRICE_DEVIATION"
     SPREAD_TOO_WIDE = "SPREAD_TOO_WIDE"
     SYMBOL_MOVE_LIMIT = "SYMBOL_MOVE_LIMIT"

@@ -10,6 +10,7 @@ from kernel.events import (
     PlaceOrder,
     PositionChanged,
     RiskTick,
+    SessionPhaseChanged,
     TradingStateChanged,
 )
 from risk.gate import Gate
@@ -30,6 +31,7 @@ def wire_risk(bus: Bus, *, gate: Gate, state: TradingStatus,
     bus.subscribe(BarBatch, gate.on_bars)
     bus.subscribe(OrderEvent, gate.on_order_event)
     bus.subscribe(PositionChanged, gate.on_position_changed)
+    bus.subscribe(SessionPhaseChanged, gate.on_session_phase)
     if monitor is not None:
         bus.subscribe(RiskTick, monitor.on_tick)
         bus.subscribe(PositionChanged, monitor.on_position_changed)

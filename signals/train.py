@@ -10,6 +10,14 @@ Split by time, never shuffled: training days, then validation (the tail of the t
 period, for early stopping and the drift reference), then the held-out test period after
 ``--train-until``. A row is used in a segment only if its label ends inside that segment.
 The held-out figures are printed once, after the model is final; nothing is tuned on them.
+
+Deploy mode: without ``--train-until``, or when no day follows it, every day of the range
+trains the model (early stopping on its last days) and the held-out report is marked
+absent. The model fit for ``--train-until D`` depends only on the data through D: the
+symbols are those with a bar on or before D, so a file with later days (a new symbol
+included) yields the same trees as the same file cut at D. ``retrain`` is the after-close
+path of a running daemon: deploy-mode training through the day just closed, the model
+swapped only if its features match the running code's.
 """
 
 from __future__ import annotations
@@ -70,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=15, help="label horizon in bars")
     parser.add_argument("--train-until", type=date.fromisoformat, default=None,
                         help="last training date (YYYY-MM-DD); later dates are held out. "
-                             "Default: the last 20%% of days (or rows) are held out")
+                             "Without it, or with no later date: deploy mode, all the data "
+                             "trains the model and the held-out report is absent")
     parser.add_argument("--first-symbols", type=int, default=None,
                         help="use the first N symbols alphabetically (default: all)")
     parser.add_argument("--label", choices=("excess", "raw"), default="excess")
@@ -89,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, write the model directory and print the report. Returns the exit code."""
     started = time.perf_counter()
-    bars = read_bars_csv(args.bars, first_symbols=args.first_symbols)
+    bars = read_bars_csv(args.bars)  # symbols are chosen on the training range (train())
     log.info("train.bars_loaded", path=str(args.bars), rows=len(bars),
              symbols=len(bars.symbols), secs=round(time.perf_counter() - started, 2))
     try:
@@ -109,6 +118,7 @@ def train(bars: DenseBars, args: argparse.Namespace) -> tuple[dict[str, Any], An
     import xgboost as xgb
 
     gates = ModelConfig()
+    bars = fit_universe(bars, args.train_until, getattr(args, "first_symbols", None))
     t0 = time.perf_counter()
     fs = compute_features(bars, dtype=np.float32)
     feature_secs = time.perf_counter() - t0
@@ -138,7 +148,11 @@ def train(bars: DenseBars, args: argparse.Namespace) -> tuple[dict[str, Any], An
             score[masks[k]] = booster.inplace_predict(fs.values[masks[k]])
     report = {k: evaluate(score, target, fwd, masks[k], fs=fs, horizon=args.horizon)
               for k in ("train", "validation", "test")}
+    deploy = seg.test >= seg.end
+    if deploy:
+        report["test"] = {"rows": 0, "absent": "deploy mode: no day after the training range"}
     meta = {
+        "mode": "deploy" if deploy else "evaluate",
         "format": FORMAT_VERSION, "feature_names": list(FEATURE_NAMES),
         "feature_version": FEATURE_VERSION,
         "created_by": "signals.train", "xgboost_version": xgb.__version__,
@@ -196,10 +210,33 @@ def _row_mean(x: FloatArray, mask: BoolArray) -> FloatArray:
     return out
 
 
-def split_rows(bars: DenseBars, train_until: date | None, val_fraction: float) -> Segments:
-    """Time split on whole days when there are at least 5, else on rows."""
+def fit_universe(bars: DenseBars, train_until: date | None,
+                 first_symbols: int | None = None) -> DenseBars:
+    """The symbols a model is fit on: those with a bar on or before ``train_until`` (every
+    one without it), the first ``first_symbols`` of them alphabetically. A later day can
+    then neither add a training row nor move one."""
+    names = list(bars.symbols)
+    if train_until is not None:
+        stop = int(np.searchsorted(_ordinals(bars), train_until.toordinal(), side="right"))
+        if stop == 0:
+            raise ValueError(f"no data on or before --train-until {train_until}")
+        seen = np.flatnonzero(np.isfinite(bars.close[:stop]).sum(axis=0))
+        names = [bars.symbols[i] for i in seen.tolist()]
+    if first_symbols is not None:
+        names = names[:first_symbols]
+    return bars if names == list(bars.symbols) else bars.select(names)
+
+
+def _ordinals(bars: DenseBars) -> npt.NDArray[np.int64]:
     days = bars.ny_dates()
-    ords = np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
+    return np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
+
+
+def split_rows(bars: DenseBars, train_until: date | None, val_fraction: float) -> Segments:
+    """Time split on whole days when there are at least 5, else on rows. The test segment
+    is the days after ``train_until``; empty (deploy mode) without it or without them."""
+    days = bars.ny_dates()
+    ords = _ordinals(bars)
     uniq = sorted(set(days))
     end = len(bars)
 
@@ -207,14 +244,10 @@ def split_rows(bars: DenseBars, train_until: date | None, val_fraction: float) -
         return int(np.searchsorted(ords, d.toordinal(), side="right" if side == "right"
                                    else "left"))
 
-    if train_until is not None:
-        test = first_row_of(train_until, side="right")
-        if test >= end:
-            raise ValueError(f"--train-until {train_until} leaves no held-out days")
-    elif len(uniq) >= 5:
-        test = first_row_of(uniq[len(uniq) - max(1, round(0.2 * len(uniq)))])
-    else:
-        test = int(end * 0.8)
+    # Deploy mode (no held-out rows) unless days follow ``train_until``.
+    test = end if train_until is None else first_row_of(train_until, side="right")
+    if test == 0 or not uniq:
+        raise ValueError(f"no data on or before --train-until {train_until}")
     train_days = sorted(set(days[:test]))
     if len(train_days) >= 5:
         val = first_row_of(train_days[len(train_days) - max(1, round(val_fraction
@@ -294,6 +327,9 @@ def format_report(meta: dict[str, Any]) -> str:
                  f"{'L/S bps':>9}{'L/S t':>7}{'L/S n':>7}")
     for seg in ("train", "validation", "test"):
         r = meta["report"][seg]
+        if r.get("absent"):
+            lines.append(f"{seg:<11}{'absent':>9}  ({r['absent']})")
+            continue
         if not r.get("rows"):
             lines.append(f"{seg:<11}{0:>9}")
             continue
@@ -306,6 +342,71 @@ def format_report(meta: dict[str, Any]) -> str:
                  "quintile, equal weight, mean log return per horizon step, same steps, "
                  "before costs")
     return "\n".join(lines)
+
+
+# -- after the close: retrain a running daemon's model ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainOutcome:
+    """What ``retrain`` did: ``swapped`` means ``model_path`` is the model to load now;
+    otherwise the running model stays and ``reason`` says why."""
+
+    swapped: bool
+    reason: str
+    model_path: Path | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def training_args(**overrides: Any) -> argparse.Namespace:
+    """The ``train`` command's options with their defaults (``bars`` and ``out`` unset)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--bars", "-", "--out", "-"])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def retrain(bars: DenseBars, *, through: date, out_dir: Path,
+            running_feature_version: int = FEATURE_VERSION, **options: Any) -> RetrainOutcome:
+    """Deploy-mode training on ``bars`` through ``through`` (the session just closed; later
+    rows are ignored) into ``out_dir/model-<through>``, written whole before it is named.
+
+    The new model is offered for a swap only when its features are those the running
+    feature pipeline computes (``running_feature_version`` and ``FEATURE_NAMES``); a
+    model that would not load, or too little data, leaves the running model in place.
+    ``options`` are ``train`` options (``small``, ``horizon``, ``seed``, ...).
+    """
+    from signals.artifacts import MODEL_FILE, load_model_dir
+
+    args = training_args(train_until=through, out=out_dir, **options)
+    try:
+        meta, booster = train(bars, args)
+    except ValueError as exc:
+        log.warning("train.retrain_skipped", through=str(through), reason=str(exc))
+        return RetrainOutcome(False, f"not trained: {exc}")
+    final = out_dir / f"model-{through.isoformat()}"
+    staging = out_dir / f".model-{through.isoformat()}.tmp"
+    save_model_dir(staging, booster, meta)
+    if final.exists():
+        import shutil
+
+        shutil.rmtree(final)
+    staging.rename(final)
+    if meta["feature_version"] != running_feature_version:
+        reason = (f"feature_version {meta['feature_version']} differs from the running "
+                  f"{running_feature_version}: not swapped")
+        log.warning("train.retrain_not_swapped", through=str(through), reason=reason)
+        return RetrainOutcome(False, reason, final / MODEL_FILE, meta)
+    try:
+        load_model_dir(final / MODEL_FILE)
+    except Exception as exc:  # a model that does not load must never replace one that does
+        log.warning("train.retrain_not_swapped", through=str(through), reason=repr(exc))
+        return RetrainOutcome(False, f"does not load: {exc}", final / MODEL_FILE, meta)
+    log.info("train.retrained", through=str(through), path=str(final / MODEL_FILE),
+             best_iteration=meta["best_iteration"], ranges=meta["ranges"])
+    return RetrainOutcome(True, "trained through the close", final / MODEL_FILE, meta)
 
 
 def main(argv: list[str] | None = None) -> int:

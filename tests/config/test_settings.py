@@ -241,7 +241,7 @@ class TestFeedSource:
                                               "replay": str(tmp_path / "day.csv")}},
                           environ={})
         assert err.value.key == "feed.replay"
-        assert "never a alpaca account" in str(err.value)
+        assert "never a alpaca account (https://paper-api.alpaca.markets)" in str(err.value)
 
     def test_load_when_replay_against_loopback_emulator_then_allowed(
             self, tmp_path: Path) -> None:

@@ -242,8 +242,9 @@ class TestApi:
     async def test_rejects_when_paged_then_every_denial_once_newest_first_with_numbers(
         self, tmp_path: Path
     ) -> None:
-        # Arrange: two orders per symbol a day makes the gate deny a lot
-        settings = replay_settings(tmp_path, max_orders_per_symbol_day=2)
+        # Arrange: a 0.2% day-move limit makes the gate deny most entries (sizing keeps
+        # within the order budgets by itself, so those no longer deny)
+        settings = replay_settings(tmp_path, symbol_move_limit=0.002)
         async with operated(settings) as (daemon, _ops, base), aiohttp.ClientSession() as http:
             assert await daemon.run() == 0
             # Act: page through the day's rejects seven at a time
@@ -263,10 +264,10 @@ class TestApi:
         for r in rows:
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
         assert by_reason == dict(daemon.system.stats.denied)
-        assert daemon.system.stats.denied["MAX_ORDERS_PER_SYMBOL_DAY"] > 20
-        capped = next(r for r in rows if r["reason"] == "MAX_ORDERS_PER_SYMBOL_DAY")
-        assert capped["source"] == "gate" and capped["limit"] == 2
-        assert capped["observed"] == 2 and capped["symbol"] and capped["side"] in ("buy", "sell")
+        assert daemon.system.stats.denied["SYMBOL_MOVE_LIMIT"] > 20
+        moved = next(r for r in rows if r["reason"] == "SYMBOL_MOVE_LIMIT")
+        assert moved["source"] == "gate" and moved["limit"] == 0.002
+        assert moved["observed"] > 0.002 and moved["symbol"] and moved["side"] in ("buy", "sell")
         assert all(len(p["rejects"]) <= 7 for p in pages)
 
     async def test_equity_when_session_ran_then_curve_matches_the_marks(

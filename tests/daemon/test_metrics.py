@@ -65,8 +65,9 @@ class TestMetrics:
     async def test_metrics_when_replay_runs_then_counters_and_books_match_to_the_cent(
         self, tmp_path: Path
     ) -> None:
-        # Arrange: a capped symbol count gives denials of several reasons
-        settings = replay_settings(tmp_path, max_orders_per_symbol_day=3)
+        # Arrange: a tight day-move limit gives denials (sizing itself keeps within the
+        # order budgets, so they no longer deny)
+        settings = replay_settings(tmp_path, symbol_move_limit=0.002)
         scraped: list[int] = []
         async with operated(settings) as (daemon, _ops, base), aiohttp.ClientSession() as http:
 

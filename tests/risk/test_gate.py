@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kernel.events import BrokerStatusChanged, OrderDenied, OrderIntent, SignalBatch
+from kernel.events import (
+    BrokerStatusChanged,
+    OrderDenied,
+    OrderIntent,
+    SessionPhase,
+    SessionPhaseChanged,
+    SignalBatch,
+)
 from kernel.model import OrderSide, Signal
 from risk.config import RiskConfig
 from risk.market import MarketHours
@@ -96,6 +103,13 @@ def restore_marks(sod: int, peak: int, session: int | None = None) -> Callable[[
     return run
 
 
+def phase(p: SessionPhase) -> Callable[[Harness], None]:
+    """The lifecycle runner's event, as it publishes it on the bus."""
+    return lambda h: h.bus.publish(SessionPhaseChanged(
+        phase=p, session=SESSION.date(), ts=h.clock.now(), next_phase=SessionPhase.CLOSED,
+        next_at=SESSION))
+
+
 def emergency_sell(h: Harness) -> OrderIntent:
     return h.intent(side=SELL, qty=10, signal=False, reduce_only=True, origin="emergency",
                     batch_id=None)
@@ -170,6 +184,17 @@ CASES = [
          setup={"market": _MARKET, "now": PRE_MARKET}),
     Case("open_session", R.MARKET_CLOSED, Harness.intent, False, qty=5,
          setup={"market": _MARKET}),
+    Case("closing_entry", R.SESSION_CLOSING, seq(phase(SessionPhase.CLOSING),
+                                                  last=Harness.intent), True, 0, 5),
+    Case("closing_exit", R.SESSION_CLOSING,
+         seq(phase(SessionPhase.CLOSING), last=lambda h: h.intent(side=SELL, qty=10)),
+         False, qty=10, setup={"holdings": {"AAPL": 10}}),
+    Case("closing_flip_cut_to_exit", R.SESSION_CLOSING,
+         seq(phase(SessionPhase.CLOSING), last=lambda h: h.intent(side=SELL, qty=10)),
+         False, qty=6, cfg={"allow_shorts": True}, setup={"holdings": {"AAPL": 6}}),
+    Case("open_next_day", R.SESSION_CLOSING,
+         seq(phase(SessionPhase.CLOSING), phase(SessionPhase.CLOSED),
+             phase(SessionPhase.OPEN), last=Harness.intent), False, qty=5),
     Case("emergency_extended_hours", R.MARKET_CLOSED,
          seq(halt("operator"), last=emergency_sell), False,
          qty=10, setup={"holdings": {"AAPL": 10}, "market": _MARKET, "now": PRE_MARKET}),

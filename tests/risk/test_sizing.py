@@ -4,7 +4,7 @@ already working, in whole shares, inside the min/max order notional."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -227,3 +227,105 @@ class TestClientOrderId:
 
         assert a is not None and b is not None
         assert a.client_order_id != b.client_order_id
+
+
+class Counts:
+    """``orders_today`` as the order manager answers it: per symbol, or in total."""
+
+    def __init__(self, **per_symbol: int) -> None:
+        self.per_symbol = per_symbol
+
+    def __call__(self, symbol: str | None = None) -> int:
+        return self.per_symbol.get(symbol, 0) if symbol else sum(self.per_symbol.values())
+
+
+def budget_sizer(counts: Counts, holding: Holdings, sent: list[PlaceOrder],
+                 cfg: RiskConfig | None = None) -> Sizer:
+    return Sizer(cfg or RiskConfig(), equity=lambda: EQUITY, holding=holding,
+                 send=sent.append, orders_today=counts)
+
+
+class TestSizerOrderBudget:
+    """The gate allows ``max_orders_per_symbol_day`` orders per symbol: sizing does not
+    propose what it can only refuse, and keeps a symbol's last order for its exit."""
+
+    def test_size_when_symbol_budget_spent_then_skipped_and_said_once_a_day(self) -> None:
+        # Arrange: AAPL has had its 5 orders today; the model asks to exit every minute.
+        sent: list[PlaceOrder] = []
+        s = budget_sizer(Counts(AAPL=5), Holdings(AAPL=10), sent)
+        batches = [SignalBatch(ts=T0, source="m", signals=(signal(0.0, sid=f"s{i}"),))
+                   for i in range(30)]
+        # Act
+        with capture_logs() as logs:
+            for b in batches:
+                s.on_signals(b)
+        # Assert
+        assert sent == []
+        skips = [e for e in logs if e["event"] == "sizing.skip"]
+        assert len(skips) == 1
+        assert (skips[0]["reason"], skips[0]["limit"], skips[0]["observed"]) == (
+            "MAX_ORDERS_PER_SYMBOL_DAY", 5, 5)
+        assert skips[0]["signal_id"] == "s0" and skips[0]["side"] == "sell"
+        assert s.skips_by_reason == {"MAX_ORDERS_PER_SYMBOL_DAY": 30}
+
+    def test_size_when_one_order_left_then_entry_skipped_and_exit_sent(self) -> None:
+        sent: list[PlaceOrder] = []
+        s = budget_sizer(Counts(AAPL=4, MSFT=4), Holdings(MSFT=5), sent)
+        with capture_logs() as logs:
+            entry = s.size(signal(0.15), EQUITY)
+            exit_ = s.size(signal(0.0, symbol="MSFT", price=300.0), EQUITY)
+        assert entry is None
+        assert exit_ is not None and (exit_.side, exit_.qty) == (OrderSide.SELL, 5)
+        skip = next(e for e in logs if e["event"] == "sizing.skip")
+        assert (skip["reason"], skip["observed"]) == ("EXIT_RESERVED", 4)
+
+    def test_size_when_day_budget_spent_then_skipped(self) -> None:
+        sent: list[PlaceOrder] = []
+        s = budget_sizer(Counts(XOM=3), Holdings(), sent,
+                         cfg=RiskConfig(max_orders_per_day=3))
+        assert s.size(signal(0.15), EQUITY) is None
+        assert s.skips_by_reason == {"MAX_ORDERS_PER_DAY": 1}
+
+    def test_size_when_new_day_then_skips_said_again(self) -> None:
+        sent: list[PlaceOrder] = []
+        counts = Counts(AAPL=5)
+        s = budget_sizer(counts, Holdings(AAPL=10), sent)
+        with capture_logs() as logs:
+            s.on_signals(SignalBatch(ts=T0, source="m", signals=(signal(0.0, sid="a"),)))
+            tomorrow = T0 + timedelta(days=1)
+            s.on_signals(SignalBatch(ts=tomorrow, source="m", signals=(
+                Signal(id="b", symbol="AAPL", strength=0.0, price=150.0, ts=tomorrow,
+                       source="m"),)))
+        assert [e["signal_id"] for e in logs if e["event"] == "sizing.skip"] == ["a", "b"]
+
+    def test_size_when_no_counts_wired_then_proposes_as_before(self) -> None:
+        s = sizer(holding=Holdings(AAPL=10))
+        intent = s.size(signal(0.0), EQUITY)
+        assert intent is not None and intent.side is OrderSide.SELL
+
+    def test_batch_when_more_orders_than_one_execution_takes_then_exits_and_strongest_go(
+        self
+    ) -> None:
+        # Arrange: 12 symbols want a buy (strength rising with the index), S11 an exit.
+        sent: list[PlaceOrder] = []
+        s = budget_sizer(Counts(), Holdings(S11=10), sent)
+        buys = [signal(0.2 + i * 0.05, symbol=f"S{i:02d}", sid=f"x{i}", price=10.0)
+                for i in range(11)]
+        sigs = (*buys, signal(0.0, symbol="S11", sid="x11", price=10.0))
+        # Act
+        with capture_logs() as logs:
+            s.on_signals(SignalBatch(ts=T0, source="m", signals=sigs))
+        # Assert
+        assert [c.intent.symbol for c in sent] == [*(f"S{i:02d}" for i in range(2, 11)), "S11"]
+        skip = next(e for e in logs if e["event"] == "sizing.skip")
+        assert (skip["reason"], skip["limit"], skip["observed"], skip["skipped"]) == (
+            "MAX_ORDERS_PER_EXECUTION", 10, 12, 2)
+        assert skip["symbols"] == ["S01", "S00"]
+
+    def test_batch_when_day_budget_nearly_spent_then_only_what_is_left(self) -> None:
+        sent: list[PlaceOrder] = []
+        s = budget_sizer(Counts(XOM=197), Holdings(), sent)
+        sigs = tuple(signal(0.5, symbol=f"S{i}", sid=f"d{i}", price=10.0) for i in range(5))
+        s.on_signals(SignalBatch(ts=T0, source="m", signals=sigs))
+        assert len(sent) == 3
+        assert s.skips_by_reason == {"MAX_ORDERS_PER_DAY": 2}

@@ -14,7 +14,7 @@ from signals.artifacts import FEATURES_FILE, METADATA_FILE, MODEL_FILE, load_mod
 from signals.bars import DenseBars, read_bars_csv
 from signals.features import FEATURE_NAMES
 from signals.metrics import auc, entropy, psi, rank_ic
-from signals.train import forward_returns, main, segment_masks, split_rows
+from signals.train import forward_returns, main, retrain, segment_masks, split_rows
 
 
 def write_synthetic_csv(path: Path, *, symbols: int = 50, days: int = 1, seed: int = 1) -> None:
@@ -53,31 +53,123 @@ class TestTrainCli:
         assert code == 0
         assert secs < 15
         out = capsys.readouterr().out
-        assert "test" in out and "AUC" in out
+        assert "AUC" in out and "test          absent  (deploy mode" in out
         for name in (MODEL_FILE, FEATURES_FILE, METADATA_FILE):
             assert (tmp_path / "model" / name).is_file()
         meta = json.loads((tmp_path / "model" / METADATA_FILE).read_text())
         assert meta["feature_names"] == list(FEATURE_NAMES)
         assert set(meta["feature_stats"]) == set(FEATURE_NAMES)
         assert meta["params"]["nthread"] == 1
-        assert meta["report"]["test"]["rows"] > 0
+        assert meta["mode"] == "deploy" and meta["ranges"]["test"] is None
+        assert meta["report"]["validation"]["rows"] > 0
         load_model_dir(tmp_path / "model" / MODEL_FILE)
 
     def test_random_walk_when_trained_then_held_out_shows_no_skill(self, tmp_path: Path) -> None:
         """A leak (features seeing the label's future) would show up as skill here."""
         csv = tmp_path / "bars.csv"
         write_synthetic_csv(csv, symbols=50, days=2, seed=3)
-        assert main(["--bars", str(csv), "--out", str(tmp_path / "m"), "--small"]) == 0
+        assert main(["--bars", str(csv), "--out", str(tmp_path / "m"), "--small",
+                     "--train-until", "2024-03-04"]) == 0
         test = json.loads((tmp_path / "m" / METADATA_FILE).read_text())["report"]["test"]
         assert abs(test["auc"] - 0.5) < 0.03
         assert abs(test["rank_ic"]["mean_ic"]) < 0.05
 
-    def test_train_until_when_after_last_day_then_exit_code_2(self, tmp_path: Path) -> None:
+    def test_train_until_when_after_last_day_then_deploy_mode_on_all_the_data(
+        self, tmp_path: Path
+    ) -> None:
         csv = tmp_path / "bars.csv"
         write_synthetic_csv(csv, symbols=10)
         code = main(["--bars", str(csv), "--out", str(tmp_path / "m"),
                      "--train-until", "2030-01-01", "--small"])
+        assert code == 0
+        meta = json.loads((tmp_path / "m" / METADATA_FILE).read_text())
+        assert meta["mode"] == "deploy"
+        assert meta["report"]["test"] == {
+            "rows": 0, "absent": "deploy mode: no day after the training range"}
+
+    def test_train_until_when_before_first_day_then_exit_code_2(self, tmp_path: Path) -> None:
+        csv = tmp_path / "bars.csv"
+        write_synthetic_csv(csv, symbols=10)
+        code = main(["--bars", str(csv), "--out", str(tmp_path / "m"),
+                     "--train-until", "2024-01-02", "--small"])
         assert code == 2
+
+
+def _with_later_days(cut: Path, full: Path, out: Path, day_from: str) -> None:
+    """``cut`` plus the rows of ``full`` from ``day_from`` on, plus a symbol that appears
+    only on those days and sorts before every other (it would move every training row)."""
+    later = [line for line in full.read_text().splitlines()[1:] if line >= day_from]
+    extra = [",".join([line.split(",")[0], "AAA", *line.split(",")[2:]])
+             for line in later if ",S00," in line]
+    out.write_text(cut.read_text() + "\n".join(later + extra) + "\n")
+
+
+class TestDeployDeterminism:
+    @pytest.mark.parametrize("extra", [[], ["--first-symbols", "10"]], ids=["all", "first10"])
+    def test_train_until_d_when_data_ends_at_d_or_goes_on_then_identical_trees(
+        self, tmp_path: Path, extra: list[str]
+    ) -> None:
+        # Arrange: 5 days (Mon 2024-03-04 .. Fri); D is Wednesday.
+        full = tmp_path / "full.csv"
+        write_synthetic_csv(full, symbols=20, days=5, seed=11)
+        lines = full.read_text().splitlines()
+        cut = tmp_path / "through_d.csv"
+        cut.write_text("\n".join([lines[0], *(x for x in lines[1:] if x < "2024-03-07")])
+                       + "\n")
+        longer = tmp_path / "longer.csv"
+        _with_later_days(cut, full, longer, "2024-03-07")
+        # Act
+        for name, csv in (("m_cut", cut), ("m_long", longer)):
+            assert main(["--bars", str(csv), "--out", str(tmp_path / name), "--small",
+                         "--train-until", "2024-03-06", "--early-stop", "0",
+                         "--max-rounds", "25", *extra]) == 0
+        # Assert
+        cut_model = load_model_dir(tmp_path / "m_cut" / MODEL_FILE)
+        long_model = load_model_dir(tmp_path / "m_long" / MODEL_FILE)
+        assert cut_model.booster.get_dump(dump_format="json", with_stats=True) == \
+            long_model.booster.get_dump(dump_format="json", with_stats=True)
+        assert cut_model.metadata["mode"] == "deploy"
+        assert long_model.metadata["mode"] == "evaluate"
+        assert long_model.metadata["report"]["test"]["rows"] > 0
+        assert long_model.metadata["ranges"]["test"] == ["2024-03-07", "2024-03-08"]
+        assert "AAA" not in long_model.metadata["symbols"]
+        assert cut_model.metadata["feature_stats"] == long_model.metadata["feature_stats"]
+
+
+class TestRetrain:
+    def test_retrain_when_session_closed_then_model_through_that_day_swapped(
+        self, tmp_path: Path
+    ) -> None:
+        csv = tmp_path / "bars.csv"
+        write_synthetic_csv(csv, symbols=12, days=3, seed=2)
+        bars = read_bars_csv(csv)
+        got = retrain(bars, through=datetime(2024, 3, 5).date(), out_dir=tmp_path / "models",
+                      small=True)
+        assert got.swapped and got.model_path is not None
+        assert got.model_path == tmp_path / "models" / "model-2024-03-05" / MODEL_FILE
+        assert got.metadata is not None
+        assert got.metadata["ranges"]["validation"][1] == "2024-03-05"
+        assert got.metadata["ranges"]["test"] == ["2024-03-06", "2024-03-06"]
+        load_model_dir(got.model_path)
+        assert not list((tmp_path / "models").glob(".model-*"))  # staging renamed
+
+    def test_retrain_when_feature_version_differs_then_running_model_stays(
+        self, tmp_path: Path
+    ) -> None:
+        csv = tmp_path / "bars.csv"
+        write_synthetic_csv(csv, symbols=12, days=2, seed=2)
+        got = retrain(read_bars_csv(csv), through=datetime(2024, 3, 5).date(),
+                      out_dir=tmp_path, small=True, running_feature_version=-1)
+        assert not got.swapped
+        assert got.reason.startswith("feature_version") and "not swapped" in got.reason
+
+    def test_retrain_when_too_little_data_then_not_trained(self, tmp_path: Path) -> None:
+        csv = tmp_path / "bars.csv"
+        write_synthetic_csv(csv, symbols=1, days=1, seed=2)  # excess returns all zero
+        got = retrain(read_bars_csv(csv), through=datetime(2024, 3, 4).date(),
+                      out_dir=tmp_path, small=True)
+        assert (got.swapped, got.model_path) == (False, None)
+        assert got.reason.startswith("not trained: too little data")
 
 
 class TestSplit:
