@@ -330,7 +330,11 @@ class TradingSystem:
         if not isinstance(self.market, MarketHours):
             return  # a market without sessions (``AlwaysOpen``, a 24/7 venue) has no use for it
         try:
-            self.market.set_broker_clock(await self.broker.clock())
+            clock = await self.broker.clock()
+            # The market (XNYS) is one for every account: a broker without a clock (IB,
+            # paper) leaves the one another account's broker gave in place.
+            if clock is not None:
+                self.market.set_broker_clock(clock)
         except Exception as exc:  # a failed clock read keeps the calendar in charge
             log.warning("market.clock_failed", account=self.name, error=repr(exc))
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 from engine.journal import JOURNAL_FILE, Journal
 from tests.daemon.lives import kill_lives
 from tests.data import REPO, SAMPLE_CSV, require
+from tests.fake_tws.process import FakeTwsProcess
 
 SPEED = "1500"  # a one-minute bar every 40 ms
 RANDOM_KILLS = 6
@@ -57,40 +56,6 @@ def _env(port: int) -> dict[str, str]:
     return {**env, **ENV, "TRADINGD_BROKER__IB__PORT": str(port)}
 
 
-class _Fake:
-    """The fake TWS process and its control channel."""
-
-    def __init__(self, prices: dict[str, str], log: Path) -> None:
-        args = [sys.executable, "-m", "tests.fake_tws", "--port", "0", "--fill-parts", "2"]
-        for symbol, price in prices.items():
-            args += ["--price", f"{symbol}={price}"]
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True,
-                                     stderr=self._log)
-        assert self.proc.stdout is not None
-        found = re.search(r"127\.0\.0\.1:(\d+) control http://127\.0\.0\.1:(\d+)",
-                          self.proc.stdout.readline())
-        assert found is not None
-        self.port, self._control = int(found.group(1)), f"http://127.0.0.1:{found.group(2)}"
-
-    def call(self, name: str, **kwargs: Any) -> Any:
-        req = urllib.request.Request(f"{self._control}/_control/{name}",
-                                     data=json.dumps(kwargs).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())["result"]
-
-    def snapshot(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self._control}/_control/snapshot", timeout=10) as r:
-            data: dict[str, Any] = json.loads(r.read())
-        return data
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self._log.close()
-
-
 def _spawn(replay: Path, state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -118,7 +83,7 @@ class TestCrashOnIb:
         replay, prices = _day(tmp_path)
         state, logs = tmp_path / "state", tmp_path / "logs"
         logs.mkdir()
-        fake = _Fake(prices, tmp_path / "fake.log")
+        fake = FakeTwsProcess(prices, tmp_path / "fake.log", "--fill-parts", "2")
         try:
             fake.call("hold_acks", on=True)
             # Act 1: the first order reaches IB; its acknowledgement never comes back
