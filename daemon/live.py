@@ -183,14 +183,14 @@ class LiveDriver:
         day = at.session.date.isoformat()
         out = {}
         for s in self.systems:
-            ended = s.orders.roll_day()
+            forgotten = s.orders.roll_day()
             s.gate.roll_day(self.clock.now())
             start, source = await self._start_equity(s, day)
             s.marks.start_day(day, start)
             s.marker.mark(self.clock.now())  # journals the new start of day
             out[s.name] = {"start_of_day_equity": str(start), "start_source": source,
-                           "orders_before_roll": ended["orders"],
-                           "orders_forgotten": ended["forgotten"]}
+                           "orders_today": s.orders.orders_today(),
+                           "orders_forgotten": forgotten}
         if self.recorder is not None:
             self.recorder.prune()
         return self._fields(out)

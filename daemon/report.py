@@ -277,7 +277,7 @@ def as_json(rep: DayReport) -> dict[str, Any]:
                      "realized": _q(s.realized), "unrealized": _q(s.unrealized),
                      "day_pnl": _q(s.day_pnl), "commission": str(s.commission)}
                     for s in rep.symbols],
-        "orders": [{"client_order_id": o.client_order_id, "symbol": o.symbol,
+        "day_orders": [{"client_order_id": o.client_order_id, "symbol": o.symbol,
                     "side": str(o.side), "qty": o.qty, "filled_qty": o.filled_qty,
                     "status": str(o.status), "type": str(o.order_type),
                     "time_in_force": str(o.time_in_force), "created": o.created_ts.isoformat(),
