@@ -109,11 +109,12 @@ class LiveDriver:
         self.model = model
         self.recorder = recorder
         self.calendar = TradingCalendar(self.cfg)
-        self.runner = SessionRunner(
-            self.calendar, clock=clock, publish=self._on_phase, on_failure=on_failure,
-            hooks=SessionHooks(on_roll=self._roll, on_preflight=self._preflight,
-                               on_warmup=self._warmup, on_open=self._open,
-                               on_closing=self._closing, on_close=self._close))
+        # What the runner calls at each phase (public: tests drive them one by one).
+        self.hooks = SessionHooks(on_roll=self._roll, on_preflight=self._preflight,
+                                  on_warmup=self._warmup, on_open=self._open,
+                                  on_closing=self._closing, on_close=self._close)
+        self.runner = SessionRunner(self.calendar, clock=clock, publish=self._on_phase,
+                                    on_failure=on_failure, hooks=self.hooks)
         self.preflight: dict[str, PreflightReport] = {}
         self._on_failure = on_failure
         self._tasks: dict[str, asyncio.Task[None]] = {}
