@@ -193,6 +193,10 @@ def test_three_sessions_when_normal_holiday_early_close_then_each_day_closes_fla
         assert status["session"]["phase"] == "HOLIDAY"
         assert status["session"]["next_phase"] == "PREFLIGHT"
         assert status["session"]["upcoming"] == "2024-11-29"
+        _, http = daemon.wait_event("http.listening", 5)  # the status page's document
+        with urllib.request.urlopen(f"http://127.0.0.1:{http['port']}/api/overview",
+                                    timeout=10) as r:
+            assert json.loads(r.read())["session_phase"] == "holiday"
 
         # Friday, the 13:00 early close
         working = d.trade("2024-11-29", ny("2024-11-29 09:30"), minutes=5)
