@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from config.settings import Settings
 from daemon.live import ModelSlot
 from daemon.retrain_hook import retrain_and_swap
 from engine.feed import BarTape
 from kernel.clock import ReplayClock
-from kernel.events import Event
+from kernel.events import Event, SessionPhase
 from signals.artifacts import MODEL_FILE, load_model_dir
 from signals.bars import read_bars_csv
 from signals.config import ModelConfig
@@ -97,3 +99,43 @@ class TestRetrainAndSwap:
                                      clock=ReplayClock(), publish=lambda e: None)
         assert out == {"swapped": False, "reason": "no recorded bars to train on", "days": 0}
         assert slot.source is running
+
+
+class TestWarmup:
+    async def test_warmup_when_history_then_features_primed_from_previous_session_open(
+            self, tmp_path: Path) -> None:
+        # Arrange: the broker's history is the synthetic Monday to Wednesday
+        from daemon.live import LiveDriver
+        from engine.session import PhaseAt
+        from kernel.errors import BrokerUnavailable
+
+        csv = tmp_path / "bars.csv"
+        write_synthetic_csv(csv, symbols=12, days=3, seed=2)
+        _, running = running_model(tmp_path, csv)
+        asked: list[tuple[list[str], object]] = []
+
+        async def history(symbols: list[str], start: object, end: object) -> list[Any]:
+            asked.append((symbols, start))
+            return list(BarTape.from_csv(csv).batches())
+
+        d = LiveDriver(Settings(daemon={"state_dir": tmp_path}),  # type: ignore[arg-type]
+                       systems=[], clock=ReplayClock(), publish=lambda e: None, environ={},
+                       on_failure=lambda e: None, on_finished=lambda w: None,
+                       history=history, model=ModelSlot(running))
+        session = d.calendar.session_on(date(2024, 3, 7))
+        assert session is not None
+        at: PhaseAt = d.calendar.phase_of(session, SessionPhase.WARMUP)
+        # Act
+        out = await d.hooks.on_warmup(at)  # type: ignore[misc]
+        # Assert
+        assert out is not None and out["primed_batches"] == 3 * 391
+        assert asked == [(list(running.symbols), d.calendar.previous_session(session.date).open)]
+        assert running.engine.warm_symbols().all()
+
+        # A broker that cannot answer: the model warms up on live bars; nothing fails
+        async def down(symbols: list[str], start: object, end: object) -> list[Any]:
+            raise BrokerUnavailable("data API down")
+
+        d.history = down
+        out = await d.hooks.on_warmup(at)  # type: ignore[misc]
+        assert out is not None and out["primed_batches"] == 0 and "data API down" in out["error"]
