@@ -92,11 +92,15 @@ class Day:
 
     def status(self) -> dict[str, Any]:
         """``tradingd status --json`` as an operator runs it."""
-        out = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "--state-dir",
-                              str(self.state), "--json"], cwd=REPO, capture_output=True,
-                             text=True, timeout=60, check=True, env=_env())
-        data: dict[str, Any] = json.loads(out.stdout)
+        data: dict[str, Any] = json.loads(self.status_text("--json"))
         return data
+
+    def status_text(self, *args: str) -> str:
+        """``tradingd status`` as an operator runs it."""
+        out = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "--state-dir",
+                              str(self.state), *args], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, check=True, env=_env())
+        return out.stdout
 
     def status_at(self, at: datetime, timeout: float = 30) -> dict[str, Any]:
         """``status`` once the daemon's clock has reached ``at`` (after a jump)."""
@@ -193,6 +197,7 @@ def test_three_sessions_when_normal_holiday_early_close_then_each_day_closes_fla
         assert status["session"]["phase"] == "HOLIDAY"
         assert status["session"]["next_phase"] == "PREFLIGHT"
         assert status["session"]["upcoming"] == "2024-11-29"
+        assert "session: HOLIDAY (2024-11-27)  next: PREFLIGHT" in d.status_text()
         _, http = daemon.wait_event("http.listening", 5)  # the status page's document
         with urllib.request.urlopen(f"http://127.0.0.1:{http['port']}/api/overview",
                                     timeout=10) as r:
