@@ -11,7 +11,9 @@ Each account is a ``engine.system.TradingSystem`` built by ``build_system`` with
 bus, broker, order manager, portfolio, gate, journal and reconciler. The daemon's own bus
 carries what all accounts share: bar batches and signal batches before routing.
 
-Drivers: a replay (``daemon.replay``) or the live feed with timers. The supervisor
+Drivers: a replay (``daemon.replay``) or the live feed with timers and, unless
+``session.lifecycle`` is off, the trading day on the exchange calendar (``daemon.live``:
+preflight, warm-up, open, closing, close, overnight, the next session). The supervisor
 (``daemon.supervisor``) owns the tasks (``bus.pump``, ``feed.replay`` or ``timers``,
 ``risk.kill_switch``, ``sdnotify.watchdog``, each account's ``orders.submit``), the OS
 signals and sd_notify. Any task failing, or any handler raising, stops the daemon in order:
@@ -37,6 +39,7 @@ import structlog
 
 from config.settings import Settings
 from daemon.control import ControlServer
+from daemon.live import LiveDriver, ModelSlot, phase_name
 from daemon.replay import ReplayDriver, open_tape
 from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
@@ -60,6 +63,7 @@ from signals.demo import MomentumRule
 
 if TYPE_CHECKING:
     from signals.mqtt import MqttBridge
+    from signals.recorder import BarRecorder
 
 log = structlog.get_logger("daemon.app")
 
@@ -112,8 +116,12 @@ class Daemon:
         self.control = ControlServer(self.state_dir)
         self.replay = self._replay_driver() if self.replaying else None
         self._status_written = 0.0
+        self.model_slot: ModelSlot | None = None
+        self.recorder: BarRecorder | None = None
+        self.feed: Any = None  # the live bar feed, once entered (warm-up history)
         self._wire()
         self.mqtt = self._mqtt_bridge()
+        self.live = self._live_driver()
 
     # -- the primary account (single-account views, tests) ------------------------------
 
@@ -139,7 +147,14 @@ class Daemon:
 
             self.model = ModelSignalSource(cfg.signals.model, publish=bus.publish,
                                            clock=self.clock)
-            bus.subscribe(BarBatch, self.model.on_bars)
+            self.model_slot = ModelSlot(self.model)  # a retrain may swap the source
+            bus.subscribe(BarBatch, self.model_slot.on_bars)
+            if cfg.signals.model.retrain and not self.replaying:
+                from signals.recorder import BarRecorder
+
+                self.recorder = BarRecorder(self.state_dir / "bars",
+                                            keep_days=cfg.signals.model.retrain_days)
+                bus.subscribe(BarBatch, self.recorder.on_bars)
         elif cfg.signals.demo.enabled:
             bus.subscribe(BarBatch, MomentumRule(cfg.signals.demo, bus.publish).on_bars)
         bus.subscribe(SignalBatch, self._route)
@@ -200,6 +215,24 @@ class Daemon:
             bridge.follow(system.bus)
         return bridge
 
+    def _live_driver(self) -> LiveDriver | None:
+        """The trading day of a live session (``daemon.live``), unless turned off."""
+        if self.replaying or not self.settings.session.lifecycle:
+            return None
+        history = None
+        if self.settings.feed.source == "alpaca":
+            async def history(symbols: list[str], start: Any, end: Any) -> list[BarBatch]:
+                if self.feed is None:
+                    return []
+                batches: list[BarBatch] = await self.feed.warmup_bars(symbols, start, end)
+                return batches
+
+        return LiveDriver(self.settings, systems=self.systems, clock=self.clock,
+                          publish=self.bus.publish, environ=self.environ,
+                          on_failure=self.supervisor.fail,
+                          on_finished=self.supervisor.request_stop, history=history,
+                          model=self.model_slot, recorder=self.recorder)
+
     def _replay_driver(self) -> ReplayDriver:
         assert isinstance(self.clock, ReplayClock)
         return ReplayDriver(open_tape(self.settings.feed, self.state_dir),
@@ -215,6 +248,11 @@ class Daemon:
     def ready(self) -> bool:
         """True once every account's books are reconciled with its broker."""
         return all(s.ready for s in self.systems)
+
+    @property
+    def session_phase(self) -> str | None:
+        """The lifecycle's phase (``open``, ``closing``, ...), None without one."""
+        return phase_name(self.live)
 
     def request_stop(self, reason: str) -> None:
         self.supervisor.request_stop(reason)
@@ -245,7 +283,8 @@ class Daemon:
                     if not await self._connect(stack, system):
                         return EXIT_STOPPED_CONNECTING if sup.fatal is None else 1
                 for component in (self.control, self._live_feed()):
-                    await stack.enter_async_context(component)
+                    entered = await stack.enter_async_context(component)
+                self.feed = entered
                 if self.mqtt is not None:  # last in, first out: ingress stops first
                     await stack.enter_async_context(self.mqtt)
                 # Everything built at start-up lives all day: move it out of the cyclic GC's
@@ -256,6 +295,8 @@ class Daemon:
                 sup.ready(f"trading {self.settings.broker.kind}")
                 log.info("daemon.ready", accounts=self.accounts.names,
                          state_dir=str(self.state_dir))
+                if self.live is not None:  # the trading day, once the books are reconciled
+                    await stack.enter_async_context(self.live)
                 await sup.stopped.wait()
                 await self._shutdown()
         except BrokerAuthError:
@@ -418,7 +459,10 @@ class Daemon:
         """The single account's document (its keys as they always were); with several
         accounts, the totals at the top, the most restrictive trading state, and each
         account's document under ``accounts``."""
-        common = {"mode": self.settings.daemon.mode, "clock": self.clock.now().isoformat()}
+        common: dict[str, Any] = {"mode": self.settings.daemon.mode,
+                                  "clock": self.clock.now().isoformat()}
+        if self.live is not None:
+            common["session"] = self.live.status()
         if len(self.systems) == 1:
             return {**self.system.status(), **common}
         accounts = {s.name: s.status() for s in self.systems}

@@ -162,6 +162,11 @@ def _print_status(s: dict[str, Any]) -> None:
         for sym, p in positions.items():
             print(f"{sym:<8}{p['qty']:>8}{p['avg_price']:>12}{p['market_value']:>12}"
                   f"{p['unrealized_pnl']:>10}")
+    session = s.get("session")
+    if session:
+        print(f"session: {session['phase']} ({session['session']})  next: "
+              f"{session['next_phase']} at {session['next_at']}"
+              + ("  early close" if session.get("early_close") else ""))
     print(f"open orders: {len(s.get('open_orders') or [])}")
     print("counters: " + json.dumps(s.get("counters", {})))
 

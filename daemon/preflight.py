@@ -103,7 +103,7 @@ class BrokerView(Protocol):
 
 
 @dataclass(slots=True)
-class _Seen:
+class BrokerSeen:
     """What the broker said, for the checks that compare against it."""
 
     account: AccountSnapshot | None = None
@@ -126,23 +126,38 @@ async def run_preflight(settings: Settings, *, environ: Mapping[str, str],
     """Every check against ``settings``; ``broker`` defaults to the configured one
     (Alpaca over REST only; the paper broker has nothing remote to ask)."""
     clock = clock or WallClock()
-    cal = TradingCalendar(settings.session)
     checks = [_check_config(settings), _check_feed(settings)]
     async with _broker_view(settings, clock, broker) as view:
-        seen = await _ask(view, clock) if view is not None else None
-        checks.append(_check_credentials(settings, seen))
-        checks.append(_check_account(settings, seen))
-        checks.append(await _check_symbols(settings, view, seen))
-        checks.append(_check_market_clock(cal, clock, seen))
-        checks.append(_check_skew(settings, seen))
+        seen = await ask(view, clock) if view is not None else None
+        checks += await broker_checks(settings, view, seen, clock)
         checks.append(await _check_journal(settings, view, seen))
-    checks += [_check_kill_switch(settings, environ), _check_trading_state(settings),
-               _check_model(settings), await _check_mqtt(settings), _check_state_dir(settings)]
+    checks += [_check_kill_switch(settings, environ), _check_trading_state(settings)]
+    checks += await local_checks(settings)
     report = PreflightReport(clock.now(), tuple(checks))
     log.info("preflight.done", ready=report.ready,
              failed=[c.name for c in checks if c.status is S.FAIL],
              warned=[c.name for c in checks if c.status is S.WARN])
     return report
+
+
+async def broker_checks(settings: Settings, view: BrokerView | None, seen: BrokerSeen | None,
+                        clock: Clock) -> list[Check]:
+    """``credentials``, ``account``, ``symbols``, ``market_clock``, ``clock_skew``:
+    what the broker says (``seen`` from ``ask``), against the settings and the calendar."""
+    cal = TradingCalendar(settings.session)
+    return [_check_credentials(settings, seen), _check_account(settings, seen),
+            await _check_symbols(settings, view, seen), _check_market_clock(cal, clock, seen),
+            _check_skew(settings, seen)]
+
+
+async def local_checks(settings: Settings) -> list[Check]:
+    """``model``, ``mqtt``, ``state_dir``: what this host must have."""
+    return [_check_model(settings), await _check_mqtt(settings), _check_state_dir(settings)]
+
+
+def head_checks(settings: Settings) -> list[Check]:
+    """``config`` and ``feed``: what runs."""
+    return [_check_config(settings), _check_feed(settings)]
 
 
 def _broker_view(settings: Settings, clock: Clock, given: BrokerView | None
@@ -157,8 +172,9 @@ def _broker_view(settings: Settings, clock: Clock, given: BrokerView | None
     return AlpacaBroker(a, clock=clock, sink=lambda _: None).rest_only()
 
 
-async def _ask(view: BrokerView, clock: Clock) -> _Seen:
-    seen = _Seen()
+async def ask(view: BrokerView, clock: Clock) -> BrokerSeen:
+    """Ask the broker once for its account and clock (timed, for the skew check)."""
+    seen = BrokerSeen()
     try:
         seen.account = await view.account()
         t0 = time.monotonic()
@@ -173,7 +189,7 @@ async def _ask(view: BrokerView, clock: Clock) -> _Seen:
     return seen
 
 
-def _skipped(name: str, settings: Settings, seen: _Seen | None) -> Check | None:
+def _skipped(name: str, settings: Settings, seen: BrokerSeen | None) -> Check | None:
     """The row of a broker check that could not run, else None."""
     if settings.broker.kind != "alpaca":
         return Check(name, S.OK, "paper broker (built in)", "nothing remote to check")
@@ -213,7 +229,7 @@ def _check_feed(s: Settings) -> Check:
 # -- the broker ------------------------------------------------------------------------
 
 
-def _check_credentials(s: Settings, seen: _Seen | None) -> Check:
+def _check_credentials(s: Settings, seen: BrokerSeen | None) -> Check:
     if s.broker.kind != "alpaca":
         return Check("credentials", S.OK, "paper broker: no keys")
     a = s.broker.alpaca
@@ -229,7 +245,7 @@ def _check_credentials(s: Settings, seen: _Seen | None) -> Check:
     return Check("credentials", S.OK, f"accepted by {a.base_url}")
 
 
-def _check_account(s: Settings, seen: _Seen | None) -> Check:
+def _check_account(s: Settings, seen: BrokerSeen | None) -> Check:
     skipped = _skipped("account", s, seen)
     if skipped is not None:
         return skipped
@@ -245,7 +261,7 @@ def _check_account(s: Settings, seen: _Seen | None) -> Check:
     return Check("account", S.OK, observed)
 
 
-async def _check_symbols(s: Settings, view: BrokerView | None, seen: _Seen | None) -> Check:
+async def _check_symbols(s: Settings, view: BrokerView | None, seen: BrokerSeen | None) -> Check:
     skipped = _skipped("symbols", s, seen)
     if skipped is not None:
         return skipped
@@ -264,7 +280,7 @@ async def _check_symbols(s: Settings, view: BrokerView | None, seen: _Seen | Non
     return Check("symbols", S.OK, f"{len(symbols)} listed and tradable")
 
 
-def _check_market_clock(cal: TradingCalendar, clock: Clock, seen: _Seen | None) -> Check:
+def _check_market_clock(cal: TradingCalendar, clock: Clock, seen: BrokerSeen | None) -> Check:
     now = clock.now()
     w = cal.where(now)
     up = w.upcoming
@@ -281,7 +297,7 @@ def _check_market_clock(cal: TradingCalendar, clock: Clock, seen: _Seen | None) 
     return Check("market_clock", agreement.status, observed, detail)
 
 
-def _check_skew(s: Settings, seen: _Seen | None) -> Check:
+def _check_skew(s: Settings, seen: BrokerSeen | None) -> Check:
     skipped = _skipped("clock_skew", s, seen)
     if skipped is not None:
         return skipped
@@ -318,7 +334,7 @@ def _journal_books(path: Path) -> tuple[dict[str, int], set[str]] | None:
         journal.close()
 
 
-async def _check_journal(s: Settings, view: BrokerView | None, seen: _Seen | None) -> Check:
+async def _check_journal(s: Settings, view: BrokerView | None, seen: BrokerSeen | None) -> Check:
     path = s.daemon.state_dir / JOURNAL_FILE
     if not path.exists():
         return Check("journal", S.OK, "no journal yet", "the first start adopts the broker's "
@@ -464,5 +480,6 @@ def _ny(t: datetime | None) -> str:
     return t.astimezone(NEW_YORK).strftime("%Y-%m-%d %H:%M %Z") if t is not None else "none"
 
 
-__all__ = ["BrokerView", "Check", "PreflightReport", "config_error_report",
-           "is_loopback", "run_preflight"]
+__all__ = ["BrokerSeen", "BrokerView", "Check", "PreflightReport", "ask", "broker_checks",
+           "config_error_report", "head_checks", "is_loopback", "local_checks",
+           "run_preflight"]

@@ -5,7 +5,9 @@ shares), slippage of each fill against its signal's reference price in basis poi
 (positive = paid more than the reference on a buy, got less on a sell), rejects by
 reason (gate denials, broker rejects, abandoned intents), P&L and exposure from the
 ``EquityMark`` rows. Besides: the P&L of each symbol and the day's orders with their
-outcome. Times are New York time. ``daemon.report_html`` renders the page.
+outcome. Times are New York time. ``daemon.report_html`` renders the page; ``write_day``
+writes the day's HTML and JSON files (the live session does at each close, into the
+account's ``reports/`` directory).
 
 Per-symbol P&L replays the books the way recovery does: the newest ``BooksSnapshot``
 resets them, every ``OrderFilled`` after it is booked by the portfolio's own average-cost
@@ -18,11 +20,13 @@ their value at the first mark).
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from engine.codec import EVENT_TYPES, decode
@@ -263,6 +267,48 @@ def build(journal: Journal, day: str) -> DayReport:
     return b.finish()
 
 
+def as_json(rep: DayReport) -> dict[str, Any]:
+    """The day as one JSON document: the figures, P&L by symbol and the day's orders."""
+    return {
+        **rep.figures(),
+        "symbols": [{"symbol": s.symbol, "fills": s.fills, "bought": s.bought, "sold": s.sold,
+                     "position": s.qty, "avg_price": str(s.avg_price),
+                     "last_price": None if s.last_price is None else str(s.last_price),
+                     "realized": _q(s.realized), "unrealized": _q(s.unrealized),
+                     "day_pnl": _q(s.day_pnl), "commission": str(s.commission)}
+                    for s in rep.symbols],
+        "day_orders": [{"client_order_id": o.client_order_id, "symbol": o.symbol,
+                    "side": str(o.side), "qty": o.qty, "filled_qty": o.filled_qty,
+                    "status": str(o.status), "type": str(o.order_type),
+                    "time_in_force": str(o.time_in_force), "created": o.created_ts.isoformat(),
+                    "signal_id": o.signal_id} for o in rep.day_orders],
+    }
+
+
+def write_day(journal_path: Path, day: str, out_dir: Path) -> tuple[Path, Path, DayReport]:
+    """Build ``day`` from the journal at ``journal_path`` (opened read-only, so a running
+    daemon may call it from a thread while it writes) and write ``report-<day>.html`` and
+    ``report-<day>.json`` into ``out_dir``, each replaced whole. Returns both paths and
+    the report."""
+    journal = Journal(journal_path).open(read_only=True)
+    try:
+        rep = build(journal, day)
+    finally:
+        journal.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = out_dir / f"report-{day}.html"
+    doc = out_dir / f"report-{day}.json"
+    _write_whole(html, render_html(rep))
+    _write_whole(doc, json.dumps(as_json(rep), indent=1) + "\n")
+    return html, doc, rep
+
+
+def _write_whole(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def render_text(rep: DayReport) -> str:
     f = rep.figures()
     rows = [(k, v) for k, v in f.items() if k != "rejects_by_reason"]
@@ -286,5 +332,5 @@ def render_html(rep: DayReport) -> str:
     return render(rep)
 
 
-__all__ = ["DayReport", "SymbolPnl", "build", "last_day", "ny_time", "render_html",
-           "render_text"]
+__all__ = ["DayReport", "SymbolPnl", "as_json", "build", "last_day", "ny_time",
+           "render_html", "render_text", "write_day"]

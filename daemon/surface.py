@@ -95,7 +95,9 @@ class TradingSurface(Protocol):
         ...
 
     def session_phase(self) -> str:
-        """``regular``, ``pre-market``, ``after-hours`` or ``closed``."""
+        """Where the trading day stands: in a live session the lifecycle's phase
+        (``preflight``, ``warmup``, ``open``, ``closing``, ``closed``, ``holiday``); in a
+        replay the market's (``regular``, ``pre-market``, ``after-hours``, ``closed``)."""
         ...
 
     def order(self, client_order_id: str) -> dict[str, Any] | None:
@@ -238,7 +240,7 @@ class DaemonSurface:
         return reasons
 
     def _feed_reason(self) -> str | None:
-        if self.session_phase() != "regular":
+        if market_phase(self._d.market, self._d.clock.now()) != "regular":
             return None  # no bars are expected outside the regular session
         age = self.feed.age()
         if age is None:
@@ -281,7 +283,7 @@ class DaemonSurface:
         return self._d.supervisor.notifier.beat_age()
 
     def session_phase(self) -> str:
-        return market_phase(self._d.market, self._d.clock.now())
+        return self._d.session_phase or market_phase(self._d.market, self._d.clock.now())
 
     def order(self, client_order_id: str) -> dict[str, Any] | None:
         for s in self._d.systems:

@@ -125,8 +125,21 @@ class SessionConfig(ComponentConfig):
     that warns, ``max_skew_fail_secs`` (30) the one that fails. The runner re-reads the
     wall clock at least every ``max_sleep_secs`` (30), so a clock step (NTP, suspend) is
     noticed within that time.
+
+    ``lifecycle`` (on by default) runs this day in a live session (``daemon.live``);
+    off, a live session trades its feed from start to stop and the gate follows the
+    broker's clock alone (a venue without sessions; tests against an always-open
+    emulator). A replay never runs it. A failed preflight halts the accounts it failed
+    for (``who: preflight``) and is re-checked every ``preflight_retry_secs`` (60) until
+    the close; when it passes, that halt (and only that one) is lifted. At the close,
+    cancels and flatten orders get ``close_timeout_secs`` (30) per round to finish,
+    flatten tries ``flatten_rounds`` (3) rounds.
     """
 
+    lifecycle: bool = True
+    preflight_retry_secs: float = Field(60.0, gt=0)
+    close_timeout_secs: float = Field(30.0, gt=0)
+    flatten_rounds: int = Field(3, ge=1, le=10)
     calendar: str = Field("XNYS", description="exchange_calendars name")
     preflight_lead_mins: int = Field(60, ge=0, le=360)
     warmup_lead_mins: int = Field(30, ge=0, le=360)
@@ -144,6 +157,10 @@ class SessionConfig(ComponentConfig):
         if self.warmup_lead_mins > self.preflight_lead_mins:
             raise ValueError("warmup_lead_mins must not exceed preflight_lead_mins "
                              "(preflight runs first, then the warm-up)")
+        if self.at_close == "flatten" and self.no_new_entries_before_close_mins < 1:
+            raise ValueError("at_close: flatten needs no_new_entries_before_close_mins >= 1: "
+                             "positions are closed with market orders while the market is "
+                             "still open, in the CLOSING window")
         if self.max_skew_fail_secs < self.max_skew_secs:
             raise ValueError("max_skew_fail_secs must be >= max_skew_secs")
         return self

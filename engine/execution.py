@@ -247,6 +247,22 @@ class OrderManager:
         self._roll_day()
         return self._per_symbol_today[symbol] if symbol else self.submitted_today
 
+    def roll_day(self) -> int:
+        """Start the clock's trading day (the session lifecycle calls it at each new
+        session; the counters also roll by themselves on the first order of a day).
+
+        Orders that ended on an earlier day are forgotten here (the journal keeps them),
+        so a daemon that runs for weeks holds about one day of orders. Returns how many
+        were forgotten.
+        """
+        self._roll_day()
+        day = self._day
+        stale = [cid for cid, o in self.orders.items()
+                 if not o.is_open and trading_day(o.created_ts) < day]
+        for cid in stale:
+            del self.orders[cid]
+        return len(stale)
+
     def restore_counters(self, day: str, per_symbol: dict[str, int]) -> None:
         self._day = day
         self._per_symbol_today = Counter(per_symbol)

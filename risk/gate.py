@@ -180,6 +180,13 @@ class Gate:
         """CLOSING refuses new entries (SESSION_CLOSING) until the phase changes."""
         self._closing = event.phase is SessionPhase.CLOSING
 
+    def roll_day(self, now: datetime) -> None:
+        """Start ``now``'s trading day: the day's first opens (SYMBOL_MOVE_LIMIT) are
+        forgotten and the account view is rebuilt (the session lifecycle calls this at
+        each new session; evaluation also rolls by itself past midnight)."""
+        self._roll_day(now)
+        self._book = None
+
     def invalidate(self) -> None:
         """Rebuild the account view before the next intent (after a restore, etc.)."""
         self._book = None

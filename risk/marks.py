@@ -29,6 +29,14 @@ class EquityMarks:
         if self.peak is None or equity > self.peak:
             self.peak = equity
 
+    def start_day(self, day: str, equity: Decimal) -> None:
+        """A new trading day starts from ``equity`` (the broker's equity at the last
+        close, when it says), not from the first equity observed after midnight."""
+        self.day = day
+        self.start_of_day = equity
+        if self.peak is None or equity > self.peak:
+            self.peak = equity
+
     def losses(self, equity: Decimal) -> tuple[Decimal, Decimal, Decimal]:
         """(daily loss, drawdown from peak, session drawdown) as fractions, >= 0 is loss."""
         return (_down(self.start_of_day, equity), _down(self.peak, equity),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: a real Mosquitto (MQTT tests), Debian's
 # Chromium with its driver (the status page's browser test), systemd-analyze (the unit's
-# hardening score) and libfaketime (processes on a clock the test drives). Installed with apt-get when
-# missing and we are root; otherwise this names exactly what to install, and fails.
+# hardening score). Installed with apt-get when missing and we are root; otherwise this
+# names exactly what to install, and fails. (libfaketime comes from PyPI: the test extras.)
 set -euo pipefail
 
 need=()
@@ -10,7 +10,6 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # the unit's security score
-compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(libfaketime)  # driven clocks
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

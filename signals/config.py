@@ -64,6 +64,16 @@ class ModelConfig(ComponentConfig):
         description="model.entropy_collapse alert below this share of the training entropy")
     entropy_disable_ratio: float = Field(
         default=0.2, ge=0, le=1, description="stop model signals below this share")
+    retrain: bool = Field(
+        default=False,
+        description="live sessions: after each close, retrain in deploy mode on the bars the "
+                    "daemon recorded (<state_dir>/bars/) through that day, plus retrain_bars; "
+                    "the new model replaces the running one only if its feature version "
+                    "matches the running code's")
+    retrain_days: int = Field(default=20, ge=2, description="recorded days kept and trained on")
+    retrain_bars: Path | None = Field(
+        default=None, description="older history (a bars CSV) trained on before the recorded days")
+    retrain_small: bool = Field(default=False, description="a small, fast model (--small)")
 
 
 class MqttConfig(ComponentConfig):

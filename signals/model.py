@@ -78,6 +78,9 @@ class ModelSignalSource:
         self._booster.set_param({"nthread": cfg.nthread})
         meta = loaded.metadata
         self.symbols: tuple[str, ...] = tuple(meta["symbols"])
+        self.horizon = int(meta["horizon"])
+        self.model_path = loaded.model_path
+        self.feature_version = meta.get("feature_version")
         self.engine = engine or FeatureEngine(self.symbols, bar_seconds=cfg.bar_seconds,
                                               gap_window=cfg.gap_window_bars)
         if self.engine.symbols != self.symbols:

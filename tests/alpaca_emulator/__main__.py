@@ -20,7 +20,7 @@ from tests.alpaca_emulator.server import Emulator
 
 async def _main(args: argparse.Namespace) -> None:
     emu = Emulator(key_id=args.key_id, secret_key=args.secret_key, port=args.port,
-                   bars_csv=args.bars)
+                   bars_csv=args.bars, calendar=args.calendar, session_bars=args.session_bars)
     emu.exchange.fill_parts = args.fill_parts
     if args.rebase_now:
         now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -55,6 +55,12 @@ def main() -> None:
                    help="shift the bars so the first minute is the current minute")
     p.add_argument("--wait-subscriber", action="store_true",
                    help="start replaying bars only once a data client has subscribed")
+    p.add_argument("--calendar", default=None,
+                   help="e.g. XNYS: clock, calendar, open and close follow the exchange "
+                        "calendar at this process's wall clock (libfaketime may drive it)")
+    p.add_argument("--session-bars", default=None,
+                   help="with --calendar: a CSV whose first day is replayed in each session, "
+                        "minute by minute, stamped with the session's minutes")
     p.add_argument("--key-id", default=os.environ.get("APCA_API_KEY_ID", "EMUKEY"))
     p.add_argument("--secret-key", default=os.environ.get("APCA_API_SECRET_KEY", "EMUSECRET"))
     args = p.parse_args()

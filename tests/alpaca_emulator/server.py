@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from aiohttp import WSMsgType, web
 
 from tests.alpaca_emulator.state import EmulatorError, EmuOrder, Exchange, asset_id, dec
+
+if TYPE_CHECKING:
+    from tests.alpaca_emulator.session import SessionMarket
 
 log = logging.getLogger("alpaca_emulator")
 
@@ -118,6 +121,8 @@ class Emulator:
         bars_csv: str | Path | None = None,
         cash: Decimal = Decimal(100_000),
         single_stream_connection: bool = True,
+        calendar: str | None = None,
+        session_bars: str | Path | None = None,
     ) -> None:
         self.key_id = key_id
         self.secret_key = secret_key
@@ -151,6 +156,12 @@ class Emulator:
         if bars_csv:
             self.load_bars(bars_csv)
         self._runner: web.AppRunner | None = None
+        # The market on an exchange calendar and this process's clock (tests/.../session.py).
+        self.session: SessionMarket | None = None
+        if calendar is not None:
+            from tests.alpaca_emulator.session import SessionMarket
+
+            self.session = SessionMarket(self, calendar=calendar, session_bars=session_bars)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -169,8 +180,12 @@ class Emulator:
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         log.info("alpaca emulator listening on %s", self.base_url)
+        if self.session is not None:
+            self.session.start()
 
     async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.stop()
         for c in list(self._trade_clients | self._data_clients):
             await c.kill()
         for t in list(self._tasks):
@@ -287,12 +302,16 @@ class Emulator:
         return web.json_response(self.exchange.account_json())
 
     async def _clock(self, _: web.Request) -> web.Response:
+        if self.session is not None:
+            return web.json_response(self.session.clock_json())
         return web.json_response(self.exchange.clock_json())
 
     async def _calendar(self, request: web.Request) -> web.Response:
         today = datetime.now(UTC).date()
         start = date.fromisoformat(request.query.get("start", today.isoformat())[:10])
         end = date.fromisoformat(request.query.get("end", (today + timedelta(30)).isoformat())[:10])
+        if self.session is not None:
+            return web.json_response(self.session.calendar_json(start, end))
         days = []
         d = start
         while d <= end:
@@ -744,9 +763,29 @@ class Emulator:
         self.exchange.reject_next.extend([reason] * n)
 
     def set_clock(self, is_open: bool) -> None:
+        if self.session is not None:  # forced until clear_clock_override
+            self.session.override = is_open
+        self.set_market_open(is_open)
+
+    def set_market_open(self, is_open: bool) -> None:
+        """Open (route and match working orders) or close (expire day orders) the market."""
         self.exchange.set_open(is_open)
         if is_open:
             self._rematch()
+
+    def clear_clock_override(self) -> None:
+        """Hand the market back to the calendar (``--calendar``) after ``set_clock``."""
+        if self.session is not None:
+            self.session.override = None
+
+    def set_account(self, status: str | None = None, trading_blocked: bool | None = None,
+                    last_equity: str | None = None) -> None:
+        """The account's ``status`` (ACTIVE, INACTIVE, ...), ``trading_blocked`` and
+        ``last_equity`` (None: today's equity until the next close rolls it)."""
+        ex = self.exchange
+        ex.status = ex.status if status is None else status
+        ex.trading_blocked = ex.trading_blocked if trading_blocked is None else trading_blocked
+        ex.last_equity = dec(last_equity) if last_equity is not None else ex.last_equity
 
     def set_price(self, symbol: str, price: str | float | Decimal) -> None:
         self.exchange.prices[symbol] = dec(price)
@@ -814,6 +853,8 @@ class Emulator:
         "mute_stream", "refuse_stream_for", "drop_events", "duplicate_events", "reorder_events",
         "reject_next_orders", "set_clock", "set_price", "set_fill_parts", "set_liquidity",
         "pause_fills", "set_delays", "set_rate_limit", "emit_fill", "advance",
+        # the calendar-driven market (tests/alpaca_emulator/session.py)
+        "clear_clock_override", "set_account",
     })
 
     async def _ctl(self, request: web.Request) -> web.Response:

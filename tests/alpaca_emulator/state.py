@@ -204,6 +204,10 @@ class Exchange:
     executions: list[Execution] = field(default_factory=list)
     reject_next: list[str] = field(default_factory=list)
     fills_paused: bool = False
+    # Account state a session test drives (``set_account``; rolled at each close).
+    status: str = "ACTIVE"
+    trading_blocked: bool = False
+    last_equity: Decimal | None = None
 
     # -- order entry -------------------------------------------------------------
 
@@ -479,7 +483,7 @@ class Exchange:
         return {
             "id": "e6fe16f3-64a4-4921-8928-cadf02f92f98",
             "account_number": "PA3EMULATOR1",
-            "status": "ACTIVE",
+            "status": self.status,
             "crypto_status": "ACTIVE",
             "currency": "USD",
             "buying_power": dstr(self.buying_power()),
@@ -490,7 +494,7 @@ class Exchange:
             "accrued_fees": "0",
             "pending_transfer_in": "0",
             "portfolio_value": dstr(equity),
-            "trading_blocked": False,
+            "trading_blocked": self.trading_blocked,
             "transfers_blocked": False,
             "account_blocked": False,
             "created_at": "2024-01-02T15:04:05.123456Z",
@@ -498,7 +502,7 @@ class Exchange:
             "multiplier": "1",
             "shorting_enabled": self.shorting_enabled,
             "equity": dstr(equity),
-            "last_equity": dstr(equity),
+            "last_equity": dstr(equity if self.last_equity is None else self.last_equity),
             "long_market_value": dstr(self.long_value()),
             "short_market_value": dstr(self.short_value()),
             "initial_margin": "0",

@@ -77,7 +77,10 @@ class TestDaemonOnAlpacaEmulator:
                 unit_exec_start(state), cwd=REPO, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True,
                 env=_env(APCA_API_BASE_URL=base, APCA_API_DATA_URL=base,
-                         TRADINGD_FEED__SYMBOLS=json.dumps(symbols)))
+                         TRADINGD_FEED__SYMBOLS=json.dumps(symbols),
+                         # The emulator's market is always open: the calendar's trading
+                         # day is not under test here (tests/daemon/test_live_sessions.py).
+                         TRADINGD_SESSION__LIFECYCLE="false"))
             # Act: the emulator replays the day once the daemon has subscribed
             _wait_line(emu, "bars done", 120)
             deadline = time.monotonic() + 30

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests.risk.conftest import harness  # noqa: F401 (the live driver's tests use it)
+
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:

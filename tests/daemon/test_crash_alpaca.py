@@ -30,6 +30,9 @@ KILLS = 20
 SYMBOLS = [f"DEMO{i:02d}" for i in range(12)]
 KEYS = {"APCA_API_KEY_ID": "EMUKEY", "APCA_API_SECRET_KEY": "EMUSECRET"}
 ENV = {
+    # The emulator's market is always open: the calendar's trading day is not under test
+    # here (tests/daemon/test_live_sessions.py drives it on a faked clock).
+    "TRADINGD_SESSION__LIFECYCLE": "false",
     "TRADINGD_FEED__SOURCE": "alpaca",
     "TRADINGD_FEED__SYMBOLS": json.dumps(SYMBOLS),
     "TRADINGD_SIGNALS__DEMO__LOOKBACK": "3",

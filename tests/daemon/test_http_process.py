@@ -149,6 +149,8 @@ class TestOperatorSurfaceOnEmulator:
                          TRADINGD_FEED__SOURCE="alpaca",
                          TRADINGD_FEED__SYMBOLS=json.dumps(symbols),
                          TRADINGD_HTTP__LISTEN="127.0.0.1:0",  # the port it binds is logged
+                         # an always-open emulator: the trading day is not under test here
+                         TRADINGD_SESSION__LIFECYCLE="false",
                          TRADINGD_HTTP__TOKEN=TOKEN))
             out = Lines(daemon)
             listening = json.loads(out.wait(r'"event":"http.listening"', 60))

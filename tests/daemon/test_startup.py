@@ -38,7 +38,9 @@ def _env(base: str, **extra: str) -> dict[str, str]:
     env.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET, APCA_API_BASE_URL=base,
                APCA_API_DATA_URL=base, TRADINGD_FEED__SOURCE="alpaca",
                TRADINGD_FEED__SYMBOLS='["DEMO00", "DEMO01"]',
-               TRADINGD_DAEMON__CONNECT_BACKOFF_SECS="0.2", **extra)
+               TRADINGD_DAEMON__CONNECT_BACKOFF_SECS="0.2",
+               # an always-open emulator: the trading day is not under test here
+               TRADINGD_SESSION__LIFECYCLE="false", **extra)
     return env
 
 

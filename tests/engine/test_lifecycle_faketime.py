@@ -2,35 +2,27 @@
 real clock and sleep (uvloop) moves through a session's close when a test rewrites the
 timestamp file. Monotonic time is left alone, so asyncio's timers stay real.
 
-This is the proof of concept for the multi-day daemon test (see the session report):
-``LD_PRELOAD=libfaketime.so.1 FAKETIME_TIMESTAMP_FILE=F FAKETIME_DONT_FAKE_MONOTONIC=1
-FAKETIME_CACHE_DURATION=1``; writing ``@YYYY-MM-DD HH:MM:SS`` to F moves every process
-that shares F there within a second, from where its clock runs on in real time.
+The same mechanism drives the daemon over three sessions (``tests/daemon/
+test_live_sessions.py``); ``tests.faketime`` has the environment and the library.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.data import REPO
+from tests.faketime import faketime_env, jump
 
 pytestmark = pytest.mark.slow
-
-
-def libfaketime() -> str:
-    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob(
-        "/usr/lib/faketime/libfaketime.so.1")
-    assert found, "libfaketime is missing: make test installs it (scripts/system-deps.sh)"
-    return found[0]
 
 
 def _read(proc: subprocess.Popen[str], until: str, timeout: float) -> list[dict[str, Any]]:
@@ -51,9 +43,7 @@ def _read(proc: subprocess.Popen[str], until: str, timeout: float) -> list[dict[
 def test_runner_when_faketime_file_jumps_then_closing_and_close_follow(tmp_path: Path) -> None:
     # Arrange: the Friday after Thanksgiving, 12:49:58 New York (closes at 13:00).
     ts = tmp_path / "faketime"
-    ts.write_text("@2024-11-29 17:49:58\n")  # UTC: the file is read in UTC (TZ=UTC)
-    env = {**os.environ, "LD_PRELOAD": libfaketime(), "FAKETIME_TIMESTAMP_FILE": str(ts),
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_CACHE_DURATION": "1", "TZ": "UTC",
+    env = {**os.environ, **faketime_env(ts, datetime(2024, 11, 29, 17, 49, 58, tzinfo=UTC)),
            "PYTHONPATH": str(REPO)}
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "tests.engine.faketime_runner"], cwd=REPO,
@@ -64,7 +54,7 @@ def test_runner_when_faketime_file_jumps_then_closing_and_close_follow(tmp_path:
         assert [e["phase"] for e in first] == ["PREFLIGHT", "WARMUP", "OPEN", "CLOSING"]
         assert first[-1]["ts"].startswith("2024-11-29T17:50:0")
         # The test jumps the clock to a second before the close.
-        ts.write_text("@2024-11-29 17:59:59\n")
+        jump(ts, datetime(2024, 11, 29, 17, 59, 59, tzinfo=UTC))
         rest = _read(proc, '"finished"', 30)
         proc.wait(timeout=10)
     finally:

@@ -61,6 +61,8 @@ def _config(path: Path, tws_port: int) -> Path:
                  "max_orders_per_second": 1000},
         "signals": {"demo": {"lookback": 3, "every_bars": 2}},
         "daemon": {"reconcile_interval_secs": 86400, "shutdown_grace_secs": 10},
+        # The emulator is always open: no trading day on the calendar (test_live_sessions).
+        "session": {"lifecycle": False},
     }))
     return path
 
