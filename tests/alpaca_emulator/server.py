@@ -123,7 +123,7 @@ class Emulator:
         self.secret_key = secret_key
         self.host = host
         self.port = port
-        self.exchange = Exchange(on_event=self._on_trade_event, cash=cash)
+        self.exchange = Exchange(on_event=self._on_trade_event, cash=cash, initial_cash=cash)
         self.single_stream_connection = single_stream_connection
         self.ack_delay = 0.0
         self.fill_delay = 0.0
@@ -739,6 +739,17 @@ class Emulator:
         """Hold the next ``n`` events and send them in reverse order."""
         self._reorder_n, self._reorder_buf = n, []
 
+    def refuse_next_orders(self, n: int = 1, status: int = 422, code: int = 40010001,
+                           message: str = "qty must be a whole number of shares") -> None:
+        """Refuse the next ``n`` order POSTs synchronously (nothing is booked). The default
+        is the validation refusal real Alpaca sends with the *same code* as a duplicate
+        client_order_id; only the message differs."""
+        self.exchange.refuse_next.extend([(status, code, message)] * n)
+
+    def roll_day(self) -> None:
+        """Start a new trading day: the account's ``last_equity`` becomes today's equity."""
+        self.exchange.roll_day()
+
     def reject_next_orders(self, n: int = 1, reason: str = "rejected by emulator") -> None:
         """Accept the next ``n`` orders, then stream ``rejected`` for them."""
         self.exchange.reject_next.extend([reason] * n)
@@ -801,7 +812,8 @@ class Emulator:
             "positions": {s: {"qty": p.qty, "avg_entry_price": str(p.avg_entry)}
                           for s, p in ex.positions.items()},
             "account": ex.account_json(),
-            "executions": [e.activity() for e in ex.executions],
+            "executions": [{**e.activity(), "client_order_id": e.client_order_id,
+                            "execution_id": e.execution_id} for e in ex.executions],
             "requests": len(self.requests),
             "stream_connections": self.stream_connections,
         }
@@ -812,8 +824,9 @@ class Emulator:
     CONTROLS = frozenset({
         "fail_next", "delay_next", "clear_faults", "drop_stream", "drop_stream_after",
         "mute_stream", "refuse_stream_for", "drop_events", "duplicate_events", "reorder_events",
-        "reject_next_orders", "set_clock", "set_price", "set_fill_parts", "set_liquidity",
-        "pause_fills", "set_delays", "set_rate_limit", "emit_fill", "advance",
+        "reject_next_orders", "refuse_next_orders", "roll_day", "set_clock", "set_price",
+        "set_fill_parts", "set_liquidity", "pause_fills", "set_delays", "set_rate_limit",
+        "emit_fill", "advance",
     })
 
     async def _ctl(self, request: web.Request) -> web.Response:
