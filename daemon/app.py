@@ -124,12 +124,6 @@ class Daemon:
         self.orders = OrderManager(submitter, clock=self.clock, publish=self.bus.publish,
                                    submit_timeout=settings.daemon.execution_timeout_secs,
                                    on_intent=self.journal.record_intent if self.journal else None)
-        self.reconciler = Reconciler(
-            self.broker, orders=self.orders, portfolio=self.portfolio, clock=self.clock,
-            publish=self.bus.publish, journal=self.journal,
-            trading_state=lambda: str(self.risk_state.state),
-            on_failure=self._on_component_failure,
-            grace_secs=settings.daemon.execution_timeout_secs)
         self.marks = EquityMarks()  # start-of-day and peak equity: one copy, shared
         self.marker = EquityMarker(self.journal, self.portfolio, self.stats, self.clock,
                                    self.marks)
@@ -139,6 +133,11 @@ class Daemon:
         self.timers = Timers(self.clock, self.bus.publish)
         self.control = ControlServer(self.state_dir)
         self._build_risk()
+        self.reconciler = Reconciler(  # after _build_risk: it escalates the trading state
+            self.broker, orders=self.orders, portfolio=self.portfolio, clock=self.clock,
+            publish=self.bus.publish, journal=self.journal, state=self.risk_state,
+            on_failure=self._on_component_failure,
+            grace_secs=settings.daemon.execution_timeout_secs)
         self._status_written = 0.0
         self._side_tasks: set[asyncio.Task[None]] = set()
         # Observers awaited after each replayed batch, once its orders reached the broker
@@ -157,7 +156,7 @@ class Daemon:
         self.market = MarketHours()
         self.modes = ExecutionModes(
             s.daemon.execution_mode, clock=self.clock, approval_notional=s.risk.approval_notional,
-            send=bus.send,
+            send=bus.send, publish=bus.publish,
             on_emergency=lambda why: self._spawn(self.liquidate(why), "risk.liquidate"))
         self.gate = Gate(s.risk, clock=self.clock, portfolio=self.portfolio, orders=self.orders,
                          state=self.risk_state, publish=bus.publish, send=bus.send,
@@ -356,7 +355,7 @@ class Daemon:
             self.recovered = await recover(
                 journal=self.journal, broker=self.broker, orders=self.orders,
                 portfolio=self.portfolio, stats=self.stats, marker=self.marker,
-                reconciler=self.reconciler, clock=self.clock)
+                reconciler=self.reconciler, clock=self.clock, modes=self.modes)
             self._restore_risk(self.recovered)
         self.gate.invalidate()
         log.info("portfolio.restored", cash=str(self.portfolio.cash),
@@ -497,8 +496,7 @@ class Daemon:
             "equity": str(p.equity().quantize(Decimal("0.01"))),
             "realized_pnl": str(p.realized_pnl().quantize(Decimal("0.01"))),
             "unrealized_pnl": str(p.unrealized_pnl().quantize(Decimal("0.01"))),
-            "pnl": str((p.equity() - self.settings.broker.paper.initial_cash)
-                       .quantize(Decimal("0.01"))),
+            "pnl": str(self.marker.session_pnl(p.equity()).quantize(Decimal("0.01"))),
         }
 
     def status(self) -> dict[str, Any]:

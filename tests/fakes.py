@@ -38,12 +38,12 @@ class RecordingBroker:
         self.known: dict[str, BrokerOrder] = {}
         self.hang_submit = False
         self.cancel_error: BrokerError | None = None
-        self._next_submit_error: BrokerError | None = None
+        self._next_submit_error: Exception | None = None
         self.entered = False
 
     # -- test controls -------------------------------------------------------------------
 
-    def fail_next_submit(self, exc: BrokerError) -> None:
+    def fail_next_submit(self, exc: Exception) -> None:
         self._next_submit_error = exc
 
     def report(self, event: Event) -> None:

@@ -3,6 +3,10 @@
 It keeps orders, fills, positions and cash in memory, reports through its sink only
 when told to (``report``), and lets a test act behind the daemon's back: fill an order
 silently (a fill while the daemon was down), move a position, change cash.
+
+Every fill carries its identity (``cum_qty``). With ``channel_ids`` the fill list
+(``fills_since``) names each execution differently from the report stream, as Alpaca's
+FILL activities may.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ class _Pos:
 class FakeBroker:
     name = "fake"
 
-    def __init__(self, cash: Decimal = Decimal(100_000), *, report: bool = True) -> None:
+    def __init__(self, cash: Decimal = Decimal(100_000), *, report: bool = True,
+                 channel_ids: bool = False) -> None:
         self.cash = cash
         self.report = report
+        self.channel_ids = channel_ids
         self.sink: EventSink = self._drop
         self.orders: dict[str, BrokerOrder] = {}
         self.fills: list[BrokerFill] = []
@@ -71,9 +77,10 @@ class FakeBroker:
         """Execute ``qty`` of an order at ``price`` (reported only if ``report``)."""
         bo = self.orders[cid]
         n = sum(1 for f in self.fills if f.client_order_id == cid) + 1
-        bf = BrokerFill(f"{bo.broker_order_id}-{n}", cid, bo.symbol, bo.side, qty, price, ts)
-        self.fills.append(bf)
         filled = bo.filled_qty + qty
+        bf = BrokerFill(f"{bo.broker_order_id}-{n}", cid, bo.symbol, bo.side, qty, price, ts,
+                        cum_qty=filled, broker_order_id=bo.broker_order_id)
+        self.fills.append(bf)
         self.orders[cid] = replace(bo, filled_qty=filled, filled_avg_price=price,
                                    status=OrderStatus.FILLED if filled == bo.qty
                                    else OrderStatus.PARTIALLY_FILLED)
@@ -85,7 +92,7 @@ class FakeBroker:
         self.cash -= price * signed
         if self.report if report is None else report:
             self.sink(OrderFilled(cid, ts, fill=Fill(bf.execution_id, cid, bo.symbol, bo.side,
-                                                      qty, price, ts)))
+                                                      qty, price, ts, cum_qty=filled)))
         return bf
 
     def set_status(self, cid: str, status: OrderStatus) -> None:
@@ -115,7 +122,11 @@ class FakeBroker:
         return [o for o in self.orders.values() if o.status not in TERMINAL]
 
     async def fills_since(self, since: datetime) -> list[BrokerFill]:
-        return [f for f in self.fills if f.ts >= since]
+        listed = [f for f in self.fills if f.ts >= since]
+        if self.channel_ids:
+            listed = [replace(f, execution_id=f"activity::{f.execution_id[::-1]}")
+                      for f in listed]
+        return listed
 
     async def positions(self) -> list[BrokerPosition]:
         return [BrokerPosition(s, p.qty, p.avg) for s, p in sorted(self.pos.items()) if p.qty]

@@ -12,6 +12,7 @@ from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     ReconcileTick,
+    ReconciliationChanged,
     SubmitOrder,
     TradingStateChanged,
 )
@@ -112,6 +113,53 @@ class TestReconcileExplained:
         await s.stop()
 
 
+class TestReconcileFillIdentity:
+    async def test_fill_list_names_fills_differently_when_reconciled_then_nothing_rebooked(
+            self, tmp_path: Path):
+        # The broker's fill list and its stream give the same executions different ids.
+        s = await _started(tmp_path, FakeBroker(channel_ids=True))
+        await _trade(s, "c1")
+        s.broker.fill("c1", 4, Decimal("100"))
+        s.broker.fill("c1", 6, Decimal("101"))
+        report = await s.reconciler.reconcile("tick")
+        assert report.ok and report.differences == []
+        assert s.portfolio.qty("AAPL") == 10
+        assert s.state == "ACTIVE"
+        await s.stop()
+
+    async def test_earlier_partial_missed_when_later_one_arrived_then_booked_not_dropped(
+            self, tmp_path: Path):
+        s = await _started(tmp_path, FakeBroker(channel_ids=True))
+        await _trade(s, "c1")
+        s.broker.fill("c1", 4, Decimal("100"), report=False)  # the stream lost this one
+        s.broker.fill("c1", 6, Decimal("101"))  # ...but delivered the next
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("explained")] == ["missed_fill"]
+        assert report.ok and not report.of("unexplained")
+        order = s.orders.orders["c1"]
+        assert order.status is OrderStatus.FILLED
+        assert order.avg_fill_price == Decimal("100.6")
+        assert s.portfolio.qty("AAPL") == 10
+        assert s.state == "ACTIVE"
+        await s.stop()
+
+    async def test_restart_when_fills_listed_under_other_ids_then_booked_once(
+            self, tmp_path: Path):
+        broker = FakeBroker(channel_ids=True)
+        s1 = await _started(tmp_path, broker)
+        await _trade(s1, "c1")
+        broker.fill("c1", 3, Decimal("100"))
+        await s1.stop()
+        broker.fill("c1", 7, Decimal("102"), report=False)  # while the daemon was down
+        s2 = await _started(tmp_path, broker)
+        report = s2.reconciler.last_report
+        assert report is not None and report.ok
+        assert [d.what for d in report.of("explained")] == ["missed_fill"]
+        assert s2.portfolio.qty("AAPL") == 10
+        assert s2.portfolio.cash == broker.cash
+        await s2.stop()
+
+
 class TestReconcileDrift:
     async def test_position_changed_behind_our_back_then_halts_alerts_and_adopts(
             self, tmp_path: Path):
@@ -179,8 +227,9 @@ class TestReconcileReadiness:
         # Assert
         assert s.reconciler.ready
         assert s.portfolio.qty("AAPL") == 10
-        own = [e for e in s.of(BrokerStatusChanged) if e.detail.startswith("reconcile")]
-        assert [e.status for e in own][-2:] == ["recovering", "ready"]
+        own = s.of(ReconciliationChanged)
+        assert [e.ready for e in own][-2:] == [False, True]  # type: ignore[attr-defined]
+        assert not s.status.reconciling
         await s.stop()
 
     async def test_tick_when_published_then_reconciles_in_background(self, tmp_path: Path):

@@ -114,7 +114,7 @@ class TestEncoding:
                         "fill": {"execution_id": "x-1", "client_order_id": "td-1",
                                  "symbol": "AAPL", "side": "buy", "qty": 5,
                                  "price": "150.0300", "ts": "2024-03-04T14:40:00+00:00",
-                                 "commission": "0"},
+                                 "commission": "0", "cum_qty": None},
                         "order": {"qty": 5}}
 
     def test_kinds_when_events_then_topics(self) -> None:
