@@ -815,6 +815,8 @@ class Emulator:
             "executions": [{**e.activity(), "client_order_id": e.client_order_id,
                             "execution_id": e.execution_id} for e in ex.executions],
             "requests": len(self.requests),
+            "order_posts": [{"cid": r.get("cid"), "status": r["status"]} for r in self.requests
+                            if (r["method"], r["path"]) == ("POST", "/v2/orders")],
             "stream_connections": self.stream_connections,
         }
 

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -389,6 +390,23 @@ class TestFillIdentityAcrossChannels:
             assert s2.portfolio.qty("AAPL") == 10
             again = await s2.reconciler.reconcile("tick")
             assert again.differences == []
+
+
+class TestStartOfDay:
+    async def test_start_when_account_lost_since_the_close_then_day_measured_from_close(
+        self, emu: EmulatorThread, tmp_path: Any) -> None:
+        # Arrange: yesterday closed at 100,000 (last_equity); since then AAPL fell.
+        async with alpaca_session(emu, tmp_path) as s1:
+            order = await place(s1, intent(qty=100))
+            await until(lambda: order.status is OrderStatus.FILLED)
+        emu.roll_day()
+        emu.set_price("AAPL", "150.50")  # 100 x -20 = -2,000 (2% of the day's base)
+        # Act: a fresh start of the daemon
+        async with alpaca_session(emu, tmp_path) as s2:
+            # Assert: the day's base is the broker's close, not the equity at start-up
+            assert s2.marker.start_of_day_equity == Decimal(100_000)
+            daily_loss, _, _ = s2.marker.marks.losses(Decimal(98_000))
+            assert daily_loss == Decimal("0.02")
 
 
 class TestMixedFaults:
