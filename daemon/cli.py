@@ -68,6 +68,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
+    from daemon.lock import StateDirLock, StateDirLocked
     from kernel import logging as dlog
 
     settings = _settings(args)
@@ -75,6 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for secret in (settings.broker.alpaca.key_id, settings.broker.alpaca.secret_key):
         if secret is not None:
             dlog.register_secret(secret.get_secret_value())
+    try:  # before anything touches the state directory: one daemon per directory
+        lock = StateDirLock(settings.daemon.state_dir).acquire()
+    except StateDirLocked as exc:
+        structlog.get_logger("daemon.cli").error(
+            "daemon.state_dir_locked", holder_pid=exc.holder, state_dir=str(exc.state_dir))
+        print(f"tradingd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     from daemon.app import Daemon, install_uvloop
 
     runner = install_uvloop()
@@ -82,7 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         return await Daemon(settings).run()
 
-    code: int = runner(main())
+    try:
+        code: int = runner(main())
+    finally:
+        lock.release()
     return code
 
 
