@@ -357,7 +357,10 @@ class Journal:
         sql = "SELECT seq, ts, type, client_order_id, symbol, payload FROM journal WHERE seq > ?"
         args: list[Any] = [after_seq]
         if types:
-            sql += f" AND type IN ({','.join('?' * len(types))})"
+            # With an order id, its own index is the selective one: "+type" keeps
+            # SQLite from scanning the (type, seq) index of every row of those types.
+            col = "+type" if client_order_id is not None else "type"
+            sql += f" AND {col} IN ({','.join('?' * len(types))})"
             args += types
         if client_order_id is not None:
             sql += " AND client_order_id = ?"
@@ -418,7 +421,7 @@ class Journal:
                for _, t, cid, _, _ in self._buffer):
             return True
         got = self._require().execute(
-            "SELECT 1 FROM journal WHERE client_order_id = ? AND type = 'OrderIntent' LIMIT 1",
+            "SELECT 1 FROM journal WHERE client_order_id = ? AND +type = 'OrderIntent' LIMIT 1",
             (client_order_id,)).fetchone()
         return got is not None
 
@@ -434,7 +437,7 @@ class Journal:
         sym = self._symbols.get(client_order_id)
         if sym is None and self._db is not None:
             got = self._db.execute(
-                "SELECT symbol FROM journal WHERE client_order_id = ? AND type = 'OrderIntent' "
+                "SELECT symbol FROM journal WHERE client_order_id = ? AND +type = 'OrderIntent' "
                 "LIMIT 1", (client_order_id,)).fetchone()
             if got is not None and got[0] is not None:
                 sym = str(got[0])

@@ -36,7 +36,8 @@ class Session:
     """
 
     def __init__(self, state_dir: Path, broker: Broker, *, clock: Clock | None = None,
-                 confirm_delay: float = 0.0, request_delay: float = 0.5) -> None:
+                 confirm_delay: float = 0.0, request_delay: float = 0.5,
+                 retain_done: int = 1000) -> None:
         self.broker = broker
         self.clock = clock or ReplayClock(T0)
         self.events: list[Event] = []
@@ -44,7 +45,8 @@ class Session:
         self.journal = Journal(state_dir / JOURNAL_FILE, clock=self.clock)
         self.portfolio = Portfolio(Decimal(100_000), publish=self.bus.publish)
         self.orders = OrderManager(broker, clock=self.clock, publish=self.bus.publish,
-                                   on_intent=self.journal.record_intent)
+                                   on_intent=self.journal.record_intent,
+                                   retain_done=retain_done)
         self.stats = SessionStats()
         self.status = TradingStatus(clock=self.clock, publish=self.bus.publish)
         self.modes = ExecutionModes(clock=self.clock, publish=self.bus.publish)

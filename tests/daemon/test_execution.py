@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -495,3 +496,34 @@ class TestOrderManagerViews:
             await asyncio.wait_for(waiter, 2)  # the 0.2 s submit timeout ends it
 
         assert not done_early
+
+
+class TestOrderManagerMemory:
+    async def test_many_orders_when_ended_then_memory_bounded_and_history_dedupes(
+            self, tmp_path: Path) -> None:
+        from tests.daemon.fake_broker import FakeBroker
+        from tests.daemon.fake_broker import intent as fake_intent
+        from tests.daemon.session import Session
+
+        # Arrange: memory for 3 ended orders; 12 orders placed and filled
+        broker = FakeBroker()
+        s = Session(tmp_path, broker, retain_done=3)
+        await s.start()
+        for n in range(12):
+            s.bus.send(SubmitOrder(fake_intent(f"c{n}", qty=1)))
+            await s.orders.drained()
+            broker.fill(f"c{n}", 1, Decimal("100"))
+        assert len(s.orders.orders) == 3
+        # Act: the stream replays an old fill; an old id is submitted again; a pass runs
+        with capture_logs():
+            broker.sink(filled("c0", "B1-1", 1, "100.00"))
+            s.bus.send(SubmitOrder(fake_intent("c1", qty=1)))
+            await s.orders.drained()
+        report = await s.reconciler.reconcile("tick")
+        # Assert: nothing booked twice, nothing sent twice, nothing unexplained
+        assert s.portfolio.qty("AAPL") == 12
+        assert s.orders.stats["duplicate_fill"] == 1
+        assert s.orders.stats["duplicate_id"] == 1
+        assert broker.submitted.count("c1") == 1
+        assert report.ok and report.differences == []
+        await s.stop()
