@@ -476,7 +476,8 @@ class Daemon:
 
     async def _final_books(self) -> None:
         await asyncio.sleep(0)  # reports scheduled onto the loop while the broker closed
-        if self.journal is not None and self.journal.is_open:
+        # Books never confirmed with the broker (a failed start) are not the account's.
+        if self.journal is not None and self.journal.is_open and self.recovered is not None:
             now = self.clock.now()
             self.marker.mark(now)
             self.journal.append("BooksSnapshot", books_snapshot(self.portfolio), ts=now)

@@ -231,6 +231,7 @@ class OrderManager:
             log.warning("order.unknown_report", client_order_id=event.client_order_id,
                         event_type=type(event).__name__)
             return
+        was_open = order.is_open
         try:
             changed = order.apply(event)
         except InvalidOrderTransition as exc:
@@ -252,6 +253,11 @@ class OrderManager:
             return
         if not order.is_open:
             self._open.get(order.symbol, {}).pop(order.client_order_id, None)
+        elif not was_open:  # an abandoned order the broker had after all
+            self._done.pop(order.client_order_id, None)
+            self._open.setdefault(order.symbol, {})[order.client_order_id] = order
+            log.warning("order.landed_late", client_order_id=order.client_order_id,
+                        status=str(order.status))
         self._reported.set()
         self._log_report(order, event)
         self._publish(event)

@@ -68,6 +68,7 @@ from kernel.events import (
     OrderEvent,
     OrderExpired,
     OrderFilled,
+    OrderNew,
     OrderRejected,
     OrderReplaced,
     ReconcileRequested,
@@ -379,10 +380,18 @@ class Reconciler:
                             report: ReconcileReport) -> dict[str, BrokerOrder | None]:
         """The broker's view of every order open in the books (None: it has none)."""
         for cid, theirs in snap.open_orders.items():
-            if self._orders.find(cid) is None:
+            order = self._orders.find(cid)
+            if order is None:
                 report.add(UNEXPLAINED, "unknown_order", client_order_id=cid,
                            symbol=theirs.symbol, broker=theirs,
                            note="an open order the daemon never placed")
+            elif order.status is OrderStatus.ABANDONED:
+                # Its request landed after the order was given up (a killed daemon's
+                # POST still on its way): the broker has it, so the books do too.
+                self._orders.on_report(OrderNew(cid, self._clock.now(),
+                                                broker_order_id=theirs.broker_order_id))
+                report.add(EXPLAINED, "landed_late", client_order_id=cid, symbol=theirs.symbol,
+                           broker=str(theirs.status), note="abandoned, yet at the broker")
         views: dict[str, BrokerOrder | None] = {}
         for order in self._orders.open_orders():
             cid = order.client_order_id

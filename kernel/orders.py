@@ -18,6 +18,10 @@ to the execution id alone.
 A canceled, expired or replaced order still takes fills: an execution that happened
 before the cancel can be reported after it (a dropped stream event found later over
 REST). It stays in its status unless the fill completes it.
+
+An abandoned order (the broker did not know it when it was looked for) comes back to
+life if the broker shows it after all: a request that was still on its way when the
+daemon was killed can land later. It then takes the broker's events like a new order.
 """
 
 from __future__ import annotations
@@ -138,7 +142,16 @@ ORDER_TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], _Target]] = {
     S.CANCELED: _LATE_FILL,
     S.EXPIRED: _LATE_FILL,
     S.REPLACED: _LATE_FILL,
+    S.ABANDONED: {  # it landed after all (see the module doc)
+        OrderAccepted: S.ACCEPTED,
+        OrderNew: S.NEW,
+        OrderFilled: _FILL,
+        OrderRejected: S.REJECTED,
+        OrderCanceled: S.CANCELED,
+        OrderExpired: S.EXPIRED,
+    },
 }
+LATE_FILL_STATUSES: frozenset[OrderStatus] = frozenset({S.CANCELED, S.EXPIRED, S.REPLACED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +270,8 @@ class Order:
         target: OrderStatus
         # A fill on a pending cancel/replace leaves the request pending unless it completes;
         # a late fill leaves an ended order ended.
-        if not done and self.status in (S.PENDING_CANCEL, S.PENDING_REPLACE, *TERMINAL):
+        if not done and self.status in (S.PENDING_CANCEL, S.PENDING_REPLACE,
+                                        *LATE_FILL_STATUSES):
             target = self.status
         else:
             target = S.FILLED if done else S.PARTIALLY_FILLED

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -130,6 +130,7 @@ class Emulator:
         self.cancel_delay = 0.0
         self.rate_limit_per_min: int | None = None
         self.requests: list[dict[str, Any]] = []
+        self.fired: Counter[str] = Counter()  # faults that actually hit, by kind
         self.events: list[dict[str, Any]] = []  # every trade update the exchange produced
         self.delivered: list[dict[str, Any]] = []  # what was actually put on the wire
         self.stream_connections = 0
@@ -237,6 +238,8 @@ class Emulator:
         if fault is None or request.path.startswith("/_control"):
             return await handler(request)
         fault.count -= 1
+        self.fired[f"http_{fault.mode}" + (f"_{fault.status}" if fault.mode == "status" else "")
+                   + ("_after_effect" if fault.after_effect else "")] += 1
         log.info("fault %s %s on %s %s", fault.mode, fault.status, request.method, request.path)
         if fault.mode == "delay" and not fault.after_effect:
             await asyncio.sleep(fault.delay)
@@ -575,6 +578,7 @@ class Emulator:
         for f in self._event_faults:
             if f.count > 0 and (f.event is None or f.event == event):
                 f.count -= 1
+                self.fired[f"event_{f.kind}"] += 1
                 if f.kind == "drop":
                     log.info("fault: dropped %s event", event)
                     return
@@ -584,6 +588,7 @@ class Emulator:
             self._reorder_buf.append(frame)
             if len(self._reorder_buf) >= self._reorder_n:
                 self._reorder_n = 0
+                self.fired["event_reorder"] += 1
                 held, self._reorder_buf = self._reorder_buf, []
                 for fr in reversed(held):
                     self._deliver(fr, json.loads(fr)["data"])
@@ -714,6 +719,8 @@ class Emulator:
 
     def drop_stream(self) -> None:
         """Close every trade-stream connection now (no replay on reconnect)."""
+        if self._trade_clients:
+            self.fired["stream_drop"] += 1
         for c in list(self._trade_clients):
             self._trade_clients.discard(c)
             self._spawn(c.kill())
@@ -818,6 +825,11 @@ class Emulator:
             "order_posts": [{"cid": r.get("cid"), "status": r["status"]} for r in self.requests
                             if (r["method"], r["path"]) == ("POST", "/v2/orders")],
             "stream_connections": self.stream_connections,
+            "faults_pending": sum(f.count for f in self._faults)
+            + sum(f.count for f in self._event_faults) + len(ex.refuse_next)
+            + len(ex.reject_next),
+            "faults_fired": dict(self.fired) | {
+                "order_refused": ex.refused, "order_rejected_async": ex.rejected_async},
         }
 
     def count(self, method: str, path: str) -> int:

@@ -213,6 +213,8 @@ class Exchange:
     # Synchronous refusals of the next POSTs: (HTTP status, code, message); nothing is booked.
     refuse_next: list[tuple[int, int, str]] = field(default_factory=list)
     fills_paused: bool = False
+    refused: int = 0  # POSTs refused through ``refuse_next``
+    rejected_async: int = 0  # orders rejected through ``reject_next``
     last_equity: Decimal | None = None  # equity at the previous close (None: initial cash)
 
     # -- order entry -------------------------------------------------------------
@@ -221,12 +223,14 @@ class Exchange:
         """Validate and book an order; returns it and an async-reject reason if armed."""
         if self.refuse_next:
             status, code, message = self.refuse_next.pop(0)
+            self.refused += 1
             raise EmulatorError(status, code, message)
         order = self._build(body)
         self._check_funds(order)
         self.orders[order.id] = order
         self.by_cid[order.client_order_id] = order
         reject = self.reject_next.pop(0) if self.reject_next else None
+        self.rejected_async += reject is not None
         return order, reject
 
     def _build(self, body: dict[str, Any]) -> EmuOrder:

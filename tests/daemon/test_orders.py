@@ -80,6 +80,8 @@ def walk(order: Order, *events: OrderEvent) -> Order:
 
 DUPLICATE = "duplicate"
 LATE_FILL_STATUSES = {OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REPLACED}
+# an abandoned order the broker shows after all takes its events like a new one
+REVIVED_BY = {OrderAccepted, OrderNew, OrderFilled, OrderRejected, OrderCanceled, OrderExpired}
 
 
 class Taken:
@@ -125,7 +127,7 @@ def expected_step(order: Order, e: OrderEvent, taken: Taken) -> object:
         if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE,
                             *LATE_FILL_STATUSES):
             return order.status
-        return OrderStatus.PARTIALLY_FILLED
+        return OrderStatus.PARTIALLY_FILLED  # also an abandoned order that landed late
     if isinstance(e, OrderCancelRejected):
         return OrderStatus.PARTIALLY_FILLED if order.filled_qty else OrderStatus.NEW
     return ORDER_TRANSITIONS[order.status][type(e)]
@@ -211,7 +213,8 @@ class TestOrderStateMachineProperties:
 
     @pytest.mark.parametrize(("status", "kind"), [
         (s, k) for s in sorted(TERMINAL) for k in (*NON_FILL_EVENTS, OrderFilled)
-        if not (k is OrderFilled and s in LATE_FILL_STATUSES)])
+        if not (k is OrderFilled and s in LATE_FILL_STATUSES)
+        and not (s is OrderStatus.ABANDONED and k in REVIVED_BY)])
     def test_apply_when_terminal_then_every_event_but_a_late_fill_is_refused(
         self, status: OrderStatus, kind: type[OrderEvent]
     ) -> None:
@@ -242,8 +245,10 @@ class TestOrderStateMachineProperties:
         assert set(ORDER_TRANSITIONS) == set(OrderStatus)
         assert set(OrderStatus) == OPEN | TERMINAL
         assert not OPEN & TERMINAL
-        assert all(set(ORDER_TRANSITIONS[s]) <= {OrderFilled} for s in TERMINAL)
-        assert {s for s in TERMINAL if ORDER_TRANSITIONS[s]} == LATE_FILL_STATUSES
+        assert all(set(ORDER_TRANSITIONS[s]) <= {OrderFilled} for s in LATE_FILL_STATUSES)
+        assert set(ORDER_TRANSITIONS[OrderStatus.ABANDONED]) == REVIVED_BY
+        assert {s for s in TERMINAL if ORDER_TRANSITIONS[s]} == {
+            *LATE_FILL_STATUSES, OrderStatus.ABANDONED}
         assert all(OrderFilled in ORDER_TRANSITIONS[s] for s in OPEN)
 
 
@@ -379,3 +384,15 @@ class TestFillIdentity:
         assert changed is True
         assert order.status is OrderStatus.CANCELED
         assert (order.filled_qty, order.leaves_qty) == (3, 0)
+
+
+class TestAbandonedLandsLate:
+    def test_apply_when_broker_shows_abandoned_order_then_it_lives_again(self) -> None:
+        order = walk(make_order(), event(OrderAbandoned))
+        assert not order.is_open
+
+        order.apply(event(OrderNew))
+        order.apply(fill("late-1", 4, cum=4))
+
+        assert order.status is OrderStatus.PARTIALLY_FILLED
+        assert order.is_open and order.leaves_qty == 6

@@ -62,6 +62,46 @@ class TestReconcileInFlight:
         await s.stop()
 
 
+class TestReconcileLandedLate:
+    async def test_abandoned_order_when_it_lands_later_then_adopted_and_booked(
+            self, tmp_path: Path):
+        # Arrange: an intent whose POST was still on its way when the daemon died
+        broker = FakeBroker()
+        s1 = await _started(tmp_path, broker)
+        s1.journal.record_intent(intent("c1"))
+        await s1.crash()
+        s2 = await _started(tmp_path, broker)
+        assert s2.orders.orders["c1"].status is OrderStatus.ABANDONED
+        # Act: the request lands now; the order fills partly, then a pass runs
+        broker.accept(intent("c1"), report=False)
+        broker.fill("c1", 4, Decimal("100"), report=False)
+        report = await s2.reconciler.reconcile("tick")
+        # Assert
+        assert [d.what for d in report.of("explained")] == ["landed_late", "missed_fill"]
+        assert report.ok and not report.of("unexplained")
+        assert s2.orders.orders["c1"].status is OrderStatus.PARTIALLY_FILLED
+        assert [o.client_order_id for o in s2.orders.open_orders()] == ["c1"]
+        assert s2.portfolio.qty("AAPL") == 4
+        assert s2.state == "ACTIVE"
+        await s2.stop()
+
+    async def test_abandoned_order_when_it_landed_and_filled_then_fills_booked(
+            self, tmp_path: Path):
+        broker = FakeBroker()
+        s1 = await _started(tmp_path, broker)
+        s1.journal.record_intent(intent("c1"))
+        await s1.crash()
+        s2 = await _started(tmp_path, broker)
+        broker.accept(intent("c1"), report=False)
+        broker.fill("c1", 10, Decimal("100"), report=False)  # done before anyone looked
+        report = await s2.reconciler.reconcile("tick")
+        assert report.ok and not report.of("unexplained")
+        assert s2.orders.orders["c1"].status is OrderStatus.FILLED
+        assert s2.portfolio.qty("AAPL") == 10
+        assert s2.state == "ACTIVE"
+        await s2.stop()
+
+
 class TestReconcileExplained:
     async def test_fill_missed_on_the_stream_when_reconciled_then_booked_and_journaled(
             self, tmp_path: Path):
