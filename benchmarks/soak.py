@@ -104,8 +104,8 @@ class Emulator:
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
 
-    def snapshot(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base}/_control/snapshot", timeout=30) as r:
+    def snapshot(self, what: str = "snapshot") -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base}/_control/{what}", timeout=30) as r:
             data: dict[str, Any] = json.loads(r.read())
         return data
 
@@ -149,7 +149,7 @@ def arm_random_fault(emu: Emulator, rng: random.Random) -> str:
 
 
 def fired(emu: Emulator) -> int:
-    return sum(emu.snapshot()["faults_fired"].values())
+    return sum(emu.snapshot("faults")["faults_fired"].values())
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -198,7 +198,7 @@ def lives(emu: Emulator, state: Path, logs: Path, rng: random.Random, kills: int
             deadline = time.monotonic() + rng.uniform(0.5, 4.0)
         while time.monotonic() < deadline and proc.poll() is None:
             # Keep a handful armed: faults fire on the daemon's next requests/events.
-            if emu.snapshot()["faults_pending"] < 4:
+            if emu.snapshot("faults")["faults_pending"] < 4:
                 armed[arm_random_fault(emu, rng)] += 1
             time.sleep(rng.uniform(0.03, 0.1))
         rss = peak_rss_mb(proc.pid)

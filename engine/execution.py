@@ -129,6 +129,9 @@ class OrderManager:
         self._per_symbol_today: Counter[str] = Counter()
         self.submitted_today = 0
         self.stats: Counter[str] = Counter()
+        # Fills applied per symbol (reconciliation tells a position that moved while it
+        # was reading the broker from one that drifted).
+        self.fills_applied: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -259,6 +262,8 @@ class OrderManager:
             log.warning("order.landed_late", client_order_id=order.client_order_id,
                         status=str(order.status))
         self._reported.set()
+        if isinstance(event, OrderFilled):
+            self.fills_applied[order.symbol] += 1
         self._log_report(order, event)
         self._publish(event)
         if not order.is_open:

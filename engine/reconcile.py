@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -292,11 +293,13 @@ class Reconciler:
         self._settle_statuses(views, report)
         drift = self._compare_books(snap)
         if drift:
-            # A fill between two REST calls looks like drift: look again before judging.
+            # A fill between two REST calls looks like drift: look again before judging,
+            # and not at what traded while the broker was being read.
             await asyncio.sleep(self._confirm_delay)
+            before = Counter(self._orders.fills_applied)
             snap = await self._snapshot()
             await self._apply_fills(snap.fills, views, report)
-            confirmed = self._compare_books(snap)
+            confirmed = [d for d in self._compare_books(snap) if not self._moved(d, before)]
             for d in drift:
                 if not any(c.what == d.what and c.symbol == d.symbol for c in confirmed):
                     report.add(IN_FLIGHT, d.what, symbol=d.symbol, local=d.local,
@@ -449,6 +452,15 @@ class Reconciler:
                        local=str(order.status), broker=str(bo.status))
 
     # -- books ---------------------------------------------------------------------------
+
+    def _moved(self, d: Difference, before: Counter[str]) -> bool:
+        """The books changed under the comparison: fills were applied while the broker
+        was read (their REST view and the books are of different moments), or orders
+        are working in that symbol. It is looked at again on the next pass."""
+        now = self._orders.fills_applied
+        if d.symbol is None:  # cash: any fill moves it
+            return now != before or bool(self._orders.open_orders())
+        return now[d.symbol] != before[d.symbol] or bool(self._orders.open_orders(d.symbol))
 
     def _compare_books(self, snap: _Snapshot) -> list[Difference]:
         p = self._portfolio

@@ -208,6 +208,7 @@ class Emulator:
         for feed in DATA_FEEDS:
             r.add_get(f"/v2/{feed}", self._data_stream)
         r.add_get("/_control/snapshot", self._ctl_snapshot)
+        r.add_get("/_control/faults", self._ctl_faults)
         r.add_post("/_control/{name}", self._ctl)
 
     # -- middlewares -----------------------------------------------------------------
@@ -825,9 +826,16 @@ class Emulator:
             "order_posts": [{"cid": r.get("cid"), "status": r["status"]} for r in self.requests
                             if (r["method"], r["path"]) == ("POST", "/v2/orders")],
             "stream_connections": self.stream_connections,
+            **self.faults(),
+        }
+
+    def faults(self) -> dict[str, Any]:
+        """Faults armed but not yet fired, and those fired by kind."""
+        ex = self.exchange
+        return {
             "faults_pending": sum(f.count for f in self._faults)
             + sum(f.count for f in self._event_faults) + len(ex.refuse_next)
-            + len(ex.reject_next),
+            + len(ex.reject_next) + self._reorder_n,
             "faults_fired": dict(self.fired) | {
                 "order_refused": ex.refused, "order_rejected_async": ex.rejected_async},
         }
@@ -853,6 +861,9 @@ class Emulator:
 
     async def _ctl_snapshot(self, _: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
+
+    async def _ctl_faults(self, _: web.Request) -> web.Response:
+        return web.json_response(self.faults())
 
 
 def _j(obj: dict[str, Any]) -> bytes:

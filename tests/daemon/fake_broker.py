@@ -11,6 +11,7 @@ FILL activities may.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,6 +45,9 @@ class FakeBroker:
         self.fills: list[BrokerFill] = []
         self.pos: dict[str, _Pos] = {}
         self.submitted: list[str] = []
+        # Called as ``account()`` is asked, after ``positions()`` was read: what happens
+        # at the broker (and on its stream) between two REST calls of one snapshot.
+        self.between_calls: list[Callable[[], None]] = []
         self._seq = 0
 
     def _drop(self, event: Event) -> None:
@@ -132,7 +136,10 @@ class FakeBroker:
         return [BrokerPosition(s, p.qty, p.avg) for s, p in sorted(self.pos.items()) if p.qty]
 
     async def account(self) -> AccountSnapshot:
-        return AccountSnapshot(T0, self.cash, self.cash, self.cash, tuple(await self.positions()))
+        snap = AccountSnapshot(T0, self.cash, self.cash, self.cash, tuple(await self.positions()))
+        if self.between_calls:
+            self.between_calls.pop(0)()
+        return snap
 
     async def clock(self) -> MarketClock | None:
         return None

@@ -223,6 +223,27 @@ class TestReconcileDrift:
         assert s.journal.last("ReconcileResult").payload["counts"]["unexplained"] == 1
         await s.stop()
 
+    async def test_trading_while_the_broker_is_read_when_reconciled_then_not_drift(
+            self, tmp_path: Path):
+        # Arrange: on both looks, a fill lands at the broker and on the stream between
+        # the REST reads of the snapshot (positions read before it, cash after it).
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.fill("c1", 10, Decimal("100"))
+        await _trade(s, "c2")
+        await _trade(s, "c3", qty=8)
+        s.broker.between_calls = [lambda: s.broker.fill("c2", 10, Decimal("101")),
+                                  lambda: s.broker.fill("c3", 8, Decimal("102"))]
+        with capture_logs() as logs:
+            report = await s.reconciler.reconcile("tick")
+        # Assert: not drift; looked at again, and the next pass finds the books equal
+        assert [e for e in logs if e["event"] == "reconcile.drift"] == []
+        assert report.ok and s.state == "ACTIVE"
+        again = await s.reconciler.reconcile("tick")
+        assert again.ok and not again.of("unexplained")
+        assert s.portfolio.qty("AAPL") == 28
+        await s.stop()
+
     async def test_drift_when_adopted_then_restart_keeps_broker_books(self, tmp_path: Path):
         broker = FakeBroker()
         s1 = await _started(tmp_path, broker)
