@@ -44,17 +44,27 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import structlog
 
-from engine.codec import encode
 from engine.execution import OrderManager, reports_for
 from engine.journal import Journal
+from engine.reconcile_report import (
+    CASH_TOLERANCE,
+    EXPLAINED,
+    IN_FLIGHT,
+    UNEXPLAINED,
+    Difference,
+    ReconcileReport,
+    Snapshot,
+    books_snapshot,
+    cumulative_order,
+    fill_of,
+)
 from kernel.broker import Broker, BrokerFill, BrokerOrder
 from kernel.bus import Bus
 from kernel.clock import Clock
@@ -77,64 +87,19 @@ from kernel.events import (
     ReconciliationChanged,
     TradingState,
 )
-from kernel.model import AccountSnapshot, BrokerPosition, Fill, Position
+from kernel.model import AccountSnapshot, Position
 from kernel.orders import TERMINAL, Order, OrderStatus
 from portfolio import Portfolio
 from risk.state import TradingStatus
 
 log = structlog.get_logger("engine.reconcile")
 
-IN_FLIGHT, EXPLAINED, UNEXPLAINED = "in_flight", "explained", "unexplained"
-CASH_TOLERANCE = Decimal("0.01")
 _TERMINAL_EVENT: dict[OrderStatus, Callable[[str, datetime], OrderEvent]] = {
     OrderStatus.CANCELED: lambda cid, ts: OrderCanceled(cid, ts, reason="canceled at broker"),
     OrderStatus.EXPIRED: OrderExpired,
     OrderStatus.REJECTED: lambda cid, ts: OrderRejected(cid, ts, reason="rejected at broker"),
     OrderStatus.REPLACED: OrderReplaced,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One difference between the books and the broker, and how it was settled."""
-
-    kind: str  # in_flight | explained | unexplained
-    what: str  # missed_fill, missed_ack, missed_status, abandoned, position, cash, ...
-    client_order_id: str | None = None
-    symbol: str | None = None
-    local: Any = None
-    broker: Any = None
-    note: str = ""
-
-
-@dataclass(slots=True)
-class ReconcileReport:
-    """What one reconciliation found (journaled as a ``ReconcileResult`` row)."""
-
-    reason: str
-    ts: datetime
-    differences: list[Difference] = field(default_factory=list)
-    ok: bool = True
-    account: AccountSnapshot | None = None  # the broker's account as last read
-
-    def of(self, kind: str) -> list[Difference]:
-        return [d for d in self.differences if d.kind == kind]
-
-    def add(self, kind: str, what: str, **kw: Any) -> None:
-        self.differences.append(Difference(kind, what, **kw))
-
-    def payload(self) -> dict[str, Any]:
-        return {"reason": self.reason, "ok": self.ok,
-                "counts": {k: len(self.of(k)) for k in (IN_FLIGHT, EXPLAINED, UNEXPLAINED)},
-                "differences": encode(self.differences)}
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    open_orders: dict[str, BrokerOrder]
-    fills: list[BrokerFill]
-    positions: dict[str, BrokerPosition]
-    account: AccountSnapshot
 
 
 class Reconciler:
@@ -309,7 +274,7 @@ class Reconciler:
                 self._on_drift(confirmed, snap, report)
         report.account = snap.account
 
-    async def _snapshot(self) -> _Snapshot:
+    async def _snapshot(self) -> Snapshot:
         b = self._broker
         since = self._fills_since()
         # Fills before orders: an order read after its fills shows at least their total,
@@ -318,7 +283,7 @@ class Reconciler:
         open_orders = await b.open_orders()
         positions = await b.positions()
         account = await b.account()
-        return _Snapshot({o.client_order_id: o for o in open_orders}, fills,
+        return Snapshot({o.client_order_id: o for o in open_orders}, fills,
                          {p.symbol: p for p in positions if p.qty}, account)
 
     def _fills_since(self) -> datetime:
@@ -344,8 +309,8 @@ class Reconciler:
                     report.add(UNEXPLAINED, "unknown_fill", client_order_id=cid,
                                symbol=bf.symbol, broker=bf, note="a fill for an order never placed")
                 continue
-            missing = sorted((bf for bf in group if not order.has_fill(_fill(bf))),
-                             key=_cumulative_order)
+            missing = sorted((bf for bf in group if not order.has_fill(fill_of(bf))),
+                             key=cumulative_order)
             if not missing:
                 continue
             cap = await self._broker_filled(cid, views)
@@ -369,7 +334,7 @@ class Reconciler:
                        note=f"a fill ending at {end} listed before the order shows it")
             return
         before = order.filled_qty
-        self._orders.on_report(OrderFilled(cid, bf.ts, fill=_fill(bf)))
+        self._orders.on_report(OrderFilled(cid, bf.ts, fill=fill_of(bf)))
         if order.filled_qty == before:
             report.add(UNEXPLAINED, "fill_not_applied", client_order_id=cid,
                        symbol=bf.symbol, local=str(order.status), broker=bf,
@@ -379,7 +344,7 @@ class Reconciler:
                  price=str(bf.price), cum_qty=bf.cum_qty, execution_id=bf.execution_id)
         report.add(EXPLAINED, "missed_fill", client_order_id=cid, symbol=bf.symbol, broker=bf)
 
-    async def _broker_views(self, snap: _Snapshot,
+    async def _broker_views(self, snap: Snapshot,
                             report: ReconcileReport) -> dict[str, BrokerOrder | None]:
         """The broker's view of every order open in the books (None: it has none)."""
         for cid, theirs in snap.open_orders.items():
@@ -462,7 +427,7 @@ class Reconciler:
             return now != before or bool(self._orders.open_orders())
         return now[d.symbol] != before[d.symbol] or bool(self._orders.open_orders(d.symbol))
 
-    def _compare_books(self, snap: _Snapshot) -> list[Difference]:
+    def _compare_books(self, snap: Snapshot) -> list[Difference]:
         p = self._portfolio
         out: list[Difference] = []
         for sym in sorted(set(snap.positions) | {s for s, v in p.positions.items() if v.qty}):
@@ -476,7 +441,7 @@ class Reconciler:
                                   broker=str(snap.account.cash)))
         return out
 
-    def _on_drift(self, drift: list[Difference], snap: _Snapshot,
+    def _on_drift(self, drift: list[Difference], snap: Snapshot,
                   report: ReconcileReport) -> None:
         for d in drift:
             log.error("reconcile.drift", what=d.what, symbol=d.symbol, books=d.local,
@@ -490,7 +455,7 @@ class Reconciler:
                            for d in drift))
         self._adopt(snap)
 
-    def _adopt(self, snap: _Snapshot) -> None:
+    def _adopt(self, snap: Snapshot) -> None:
         """The broker is the source of truth: take its positions and cash (keeping the
         realized P&L the books have per symbol)."""
         p = self._portfolio
@@ -536,30 +501,6 @@ class Reconciler:
         self.ready = ready
         log.info("reconcile.ready" if ready else "reconcile.recovering", why=why)
         self._publish(ReconciliationChanged(ready=ready, why=why, ts=self._clock.now()))
-
-
-def _fill(bf: BrokerFill) -> Fill:
-    return Fill(bf.execution_id, bf.client_order_id, bf.symbol, bf.side, bf.qty, bf.price,
-                bf.ts, commission=bf.commission, cum_qty=bf.cum_qty)
-
-
-def _cumulative_order(bf: BrokerFill) -> tuple[int, datetime, str]:
-    # Partial fills in the same millisecond may be listed out of order: cum_qty decides.
-    return (bf.cum_qty if bf.cum_qty is not None else 1 << 62, bf.ts, bf.execution_id)
-
-
-def books_snapshot(portfolio: Portfolio) -> dict[str, Any]:
-    """The portfolio's state as a journal payload (restored by recovery)."""
-    return {
-        "cash": str(portfolio.cash),
-        "commissions": str(portfolio.commissions),
-        "fill_count": portfolio.fill_count,
-        "positions": {s: {"qty": p.qty, "avg_price": str(p.avg_price),
-                          "realized_pnl": str(p.realized_pnl)}
-                      for s, p in portfolio.positions.items() if p.qty or p.realized_pnl},
-        "prices": {s: portfolio.last_price[s] for s, p in portfolio.positions.items()
-                   if p.qty and s in portfolio.last_price},
-    }
 
 
 __all__ = ["Difference", "ReconcileReport", "Reconciler", "books_snapshot"]
