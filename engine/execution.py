@@ -270,7 +270,8 @@ class OrderManager:
             self._retire(order)
 
     def find(self, client_order_id: str) -> Order | None:
-        """The order in memory, else rebuilt from the history and taken back in."""
+        """The order in memory, else rebuilt from the history and taken back in (a
+        report is about to change it)."""
         order = self.orders.get(client_order_id)
         if order is None and self.history is not None:
             order = self.history.load(client_order_id)
@@ -279,6 +280,14 @@ class OrderManager:
                 log.info("order.reloaded", client_order_id=client_order_id,
                          status=str(order.status))
                 self._track(order)
+        return order
+
+    def lookup(self, client_order_id: str) -> Order | None:
+        """The order in memory, else a copy rebuilt from the history, for a look only
+        (memory does not change; ``on_report`` takes it back in if it must change)."""
+        order = self.orders.get(client_order_id)
+        if order is None and self.history is not None:
+            order = self.history.load(client_order_id)
         return order
 
     def adopt(self, order: Order) -> None:

@@ -303,7 +303,7 @@ class Reconciler:
         for bf in fills:
             by_order.setdefault(bf.client_order_id, []).append(bf)
         for cid, group in by_order.items():
-            order = self._orders.find(cid)
+            order = self._orders.lookup(cid)
             if order is None:
                 for bf in group:
                     report.add(UNEXPLAINED, "unknown_fill", client_order_id=cid,
@@ -313,6 +313,7 @@ class Reconciler:
                              key=cumulative_order)
             if not missing:
                 continue
+            order = self._orders.find(cid) or order  # about to change: into memory
             cap = await self._broker_filled(cid, views)
             for bf in missing:
                 self._book_fill(order, bf, cap, report)
@@ -348,7 +349,7 @@ class Reconciler:
                             report: ReconcileReport) -> dict[str, BrokerOrder | None]:
         """The broker's view of every order open in the books (None: it has none)."""
         for cid, theirs in snap.open_orders.items():
-            order = self._orders.find(cid)
+            order = self._orders.lookup(cid)
             if order is None:
                 report.add(UNEXPLAINED, "unknown_order", client_order_id=cid,
                            symbol=theirs.symbol, broker=theirs,
