@@ -803,6 +803,16 @@ class Emulator:
             self.exchange.route(order)
         self.exchange.execute(order, qty, dec(price) if price is not None else None)
 
+    def replay_again(self) -> None:
+        """Start the loaded bars over, as the minutes after the last one (time only
+        moves forward: a live feed never sends a minute twice)."""
+        if not self.bars:
+            return
+        keys = list(self.bars)
+        shift = keys[-1] - keys[0] + timedelta(minutes=1)
+        self.bars = {ts + shift: rows for ts, rows in self.bars.items()}
+        self._bar_cursor = 0
+
     def advance(self) -> datetime | None:
         """Publish the next minute of the loaded bars; returns its timestamp."""
         keys = list(self.bars)
