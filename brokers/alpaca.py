@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 import numpy as np
 import requests
@@ -592,6 +592,11 @@ class AlpacaBroker:
     async def submit(self, intent: OrderIntent) -> None:
         """Send an order under ``intent.client_order_id``, exactly once.
 
+        A refusal is definite only while no earlier attempt may still take effect: once
+        one was ambiguous (a timeout, a 5xx after sending), a later refusal or failure
+        says nothing about that earlier request, which can land later, so the outcome
+        is ambiguous.
+
         Raises:
             BrokerRejected: refused (validation, buying power); the order never existed.
             AmbiguousSubmission: still unresolved after bounded lookups; it stays in flight.
@@ -604,6 +609,7 @@ class AlpacaBroker:
                  side=str(intent.side), qty=intent.qty, order_type=str(intent.order_type),
                  tif=str(intent.time_in_force))
         last: BrokerError | None = None
+        in_flight = False  # an earlier attempt may still take effect
         for attempt in range(1, self._cfg.submit_attempts + 1):
             try:
                 o: Any = await self._io("submit_order", lambda: self._c().submit_order(req),
@@ -612,19 +618,15 @@ class AlpacaBroker:
                 return
             except BrokerRejected as exc:
                 if not is_duplicate_cid(exc):
-                    self._tracker.forget(cid)
-                    log.info("alpaca.rejected", client_order_id=cid, status=exc.status,
-                             code=exc.code, reason=str(exc))
-                    raise
+                    self._refused(cid, exc, in_flight)
                 log.info("alpaca.duplicate_cid", client_order_id=cid)  # an earlier try landed
                 last = exc
             except AmbiguousSubmission as exc:
                 log.warning("alpaca.ambiguous", client_order_id=cid, attempt=attempt,
                             error=str(exc))
-                last = exc
-            except BrokerAuthError:
-                self._tracker.forget(cid)
-                raise
+                last, in_flight = exc, True
+            except BrokerAuthError as exc:
+                self._refused(cid, exc, in_flight)
             except BrokerUnavailable as exc:  # nothing was placed: same id again is safe
                 log.warning("alpaca.submit_unavailable", client_order_id=cid, error=str(exc))
                 last = exc
@@ -633,12 +635,26 @@ class AlpacaBroker:
             if await self._resolve(cid):
                 return
             await asyncio.sleep(self._backoff(attempt))
-        if isinstance(last, BrokerUnavailable):
+        if isinstance(last, BrokerUnavailable) and not in_flight:
             self._tracker.forget(cid)
             raise last
         raise AmbiguousSubmission(
             f"submit {cid}: outcome unknown after {self._cfg.submit_attempts} attempts "
             f"({last}); resolve with get_order") from last
+
+    def _refused(self, cid: str, exc: BrokerError, in_flight: bool) -> NoReturn:
+        """This POST was refused: the order's refusal, unless an earlier attempt of the
+        same id may still land."""
+        if in_flight:
+            log.warning("alpaca.refused_after_ambiguity", client_order_id=cid,
+                        status=exc.status, code=exc.code, reason=str(exc))
+            raise AmbiguousSubmission(
+                f"submit {cid}: refused ({exc}) after an earlier attempt whose outcome is "
+                "unknown; resolve with get_order", status=exc.status, code=exc.code) from exc
+        self._tracker.forget(cid)
+        log.info("alpaca.rejected", client_order_id=cid, status=exc.status, code=exc.code,
+                 reason=str(exc))
+        raise exc
 
     def _backoff(self, attempt: int) -> float:
         base = min(self._cfg.retry_backoff_max_secs,
