@@ -24,7 +24,9 @@ from kernel.errors import (
     BrokerUnavailable,
 )
 
+# Alpaca's code for a duplicate client_order_id, and for many plain validation errors.
 DUPLICATE_CID_CODE = 40010001
+_DUPLICATE_MESSAGES = ("client_order_id must be unique", "client order id must be unique")
 _AUTH_HINT = "check APCA_API_KEY_ID / APCA_API_SECRET_KEY and that base_url matches the keys"
 
 
@@ -96,12 +98,11 @@ def parse_error_body(text: str) -> tuple[int | None, str]:
 
 
 def is_duplicate_cid(err: BrokerError) -> bool:
+    """True only when the refusal says the ``client_order_id`` is taken (an earlier try
+    landed: look it up). The code alone proves nothing: Alpaca answers validation errors
+    ("qty must be > 0", ...) with the same 422/40010001, and those are refusals."""
     msg = str(err).lower()
-    return err.status == 422 and (
-        err.code == DUPLICATE_CID_CODE
-        or "client_order_id must be unique" in msg
-        or "client order id must be unique" in msg
-    )
+    return err.status == 422 and any(m in msg for m in _DUPLICATE_MESSAGES)
 
 
 def map_http_error(

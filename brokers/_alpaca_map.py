@@ -13,7 +13,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from kernel.broker import BrokerFill, BrokerOrder
-from kernel.model import BrokerPosition, MarketClock, OrderSide, OrderType, TimeInForce
+from kernel.model import (
+    AccountSnapshot,
+    BrokerPosition,
+    MarketClock,
+    OrderSide,
+    OrderType,
+    TimeInForce,
+)
 from kernel.orders import OrderStatus
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -98,23 +105,37 @@ def broker_order(o: dict[str, Any]) -> BrokerOrder:
     )
 
 
-def execution_id_of_activity(activity_id: str) -> str:
-    """Fill activity ids read ``<yyyymmddhhmmssmmm>::<uuid>``; the uuid identifies the
-    execution (the emulator uses the stream's ``execution_id``; for real Alpaca this is
-    UNCONFIRMED, which is why fills are also bounded by the cumulative ``filled_qty``)."""
-    return activity_id.rpartition("::")[2] or activity_id
-
-
 def broker_fill(a: dict[str, Any], client_order_id: str) -> BrokerFill:
+    """A FILL activity as a ``BrokerFill``. Its identity is (``order_id``, ``cum_qty``):
+    whether the activity id (``<yyyymmddhhmmssmmm>::<uuid>``) has anything to do with
+    the stream's ``execution_id`` is unconfirmed for the real Alpaca, so the activity id
+    is kept only as this channel's own id."""
     ts = parse_ts(a.get("transaction_time"))
+    cum = to_decimal(a.get("cum_qty"))
     return BrokerFill(
-        execution_id=execution_id_of_activity(str(a["id"])),
+        execution_id=str(a["id"]),
         client_order_id=client_order_id,
         symbol=str(a["symbol"]),
         side=OrderSide(a["side"]),
         qty=to_shares(a["qty"]),
         price=to_decimal(a["price"]) or Decimal(0),
         ts=ts or datetime.fromtimestamp(0, UTC),
+        cum_qty=int(cum) if cum is not None else None,
+        broker_order_id=str(a.get("order_id") or ""),
+    )
+
+
+def account_snapshot(a: dict[str, Any], positions: list[BrokerPosition],
+                     ts: datetime) -> AccountSnapshot:
+    """``GET /v2/account`` as an ``AccountSnapshot``; ``last_equity`` is the equity at
+    the previous close (None if Alpaca leaves it out)."""
+    return AccountSnapshot(
+        ts=ts, cash=to_decimal(a["cash"]) or Decimal(0),
+        equity=to_decimal(a["equity"]) or Decimal(0),
+        buying_power=to_decimal(a["buying_power"]) or Decimal(0),
+        positions=tuple(positions), last_equity=to_decimal(a.get("last_equity")),
+        status=str(a.get("status") or "ACTIVE"),
+        trading_blocked=bool(a.get("trading_blocked") or a.get("account_blocked")),
     )
 
 

@@ -2,36 +2,33 @@
 
 Alpaca's stream is a hint, not a ledger: events arrive duplicated, reordered, late, or
 not at all (alpaca-protocol.md §7, §13). The tracker keeps a private
-``kernel.orders.Order`` per client order id and runs every candidate event through the
-same transition table the daemon uses, so what it reports is always legal for
-``Order.apply`` and never repeats:
+``kernel.orders.Order`` per open client order id and runs every candidate event through
+the same transition table the daemon uses, so what it reports is legal for
+``Order.apply`` and never repeats. It reports what the stream shows and decides nothing
+else: what to book from REST, and what counts as drift, is the reconciler's.
 
-* fills are de-duplicated by ``execution_id`` and bounded by the largest cumulative
-  ``filled_qty`` Alpaca has shown for the order (a replayed or doubled execution cannot
-  push the total past what the broker says was filled);
-* events for orders already terminal are dropped (logged);
-* a terminal event that arrives while fills are still missing is held back: the order
-  is flagged for a REST reconcile, which reports the missing fills first and then the
-  terminal status.
+* every fill carries its identity, the order's cumulative ``filled_qty`` after it
+  (``Fill.cum_qty``), and is de-duplicated by execution id or by that identity;
+* when Alpaca shows more filled quantity than the stream delivered (a lost
+  ``partial_fill``), the tracker says so with a ``ReconcileRequested``; the reconciler
+  fetches the missing execution over REST;
+* an order leaves the tracker when it ends; later events for it are dropped (logged),
+  and both the finished ids and the broker-id map are bounded.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from brokers._alpaca_map import (
-    execution_id_of_activity,
-    order_status,
-    parse_ts,
-    to_decimal,
-    to_shares,
-)
+from brokers._alpaca_map import order_status, parse_ts, to_decimal, to_shares
 from kernel.events import (
+    Event,
     OrderAccepted,
     OrderCanceled,
     OrderCancelRejected,
@@ -45,31 +42,50 @@ from kernel.events import (
     OrderPendingReplace,
     OrderRejected,
     OrderReplaced,
+    ReconcileRequested,
 )
 from kernel.model import Fill, OrderSide, OrderType, TimeInForce
-from kernel.orders import ORDER_TRANSITIONS, TERMINAL, Order, OrderStatus
+from kernel.orders import ORDER_TRANSITIONS, Order, OrderStatus
 
 log = structlog.get_logger("brokers.alpaca")
 
-_TERMINAL_EVENTS = {"canceled", "expired", "replaced"}
+_FILL_EVENTS = ("partial_fill", "fill")
+_REMEMBERED = 4096  # finished ids and broker ids kept (late events are minutes late)
+
+
+V = TypeVar("V")
+
+
+class _Lru(OrderedDict[str, V]):
+    """A dict that forgets its oldest entries beyond ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def put(self, key: str, value: V) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self._size:
+            self.popitem(last=False)
 
 
 class OrderTracker:
     """Turns Alpaca order updates into domain events, each legal and reported once.
 
     Args:
-        emit: receives every domain event (called on the event loop).
+        emit: receives every domain event and every ``ReconcileRequested`` (on the loop).
         now: the injected clock, for event timestamps.
     """
 
-    def __init__(self, emit: Callable[[OrderEvent], None], now: Callable[[], datetime]) -> None:
+    def __init__(self, emit: Callable[[Event], None], now: Callable[[], datetime]) -> None:
         self._emit_cb = emit
         self._now = now
         self.orders: dict[str, Order] = {}
-        self.cid_by_broker_id: dict[str, str] = {}
-        self._max_cum: dict[str, int] = {}
+        self.cid_by_broker_id: _Lru[str] = _Lru(_REMEMBERED)
+        # ended orders: their status and the cumulative quantities their fills ended at
+        self._finished: _Lru[tuple[str, frozenset[int]]] = _Lru(_REMEMBERED)
         self._replacing: dict[str, str] = {}  # old cid -> new cid of a replace in flight
-        self.last_server_ts: datetime | None = None
 
     # -- registration --------------------------------------------------------------
 
@@ -97,13 +113,17 @@ class OrderTracker:
         self._replacing[old_cid] = new_cid
         return self.orders[new_cid]
 
-    def adopt(self, o: dict[str, Any]) -> Order:
-        """Track an order first seen over REST (e.g. still open at start-up)."""
+    def adopt(self, o: dict[str, Any], *, before_fill: int = 0) -> Order:
+        """Track an order first seen over REST or on the stream (e.g. placed in an
+        earlier life). ``before_fill``: the quantity of the fill event that introduced
+        it, which the shadow must not count yet."""
         cid = str(o["client_order_id"])
         if cid in self.orders:
             return self.orders[cid]
-        filled = to_shares(o.get("filled_qty"))
-        avg = to_decimal(o.get("filled_avg_price")) or Decimal(0)
+        filled = max(to_shares(o.get("filled_qty")) - before_fill, 0)
+        status = order_status(str(o["status"])) or OrderStatus.NEW
+        if before_fill or status not in (OrderStatus.ACCEPTED, OrderStatus.PENDING_NEW):
+            status = OrderStatus.PARTIALLY_FILLED if filled else OrderStatus.NEW
         order = Order(
             client_order_id=cid, symbol=str(o["symbol"]), side=OrderSide(o["side"]),
             qty=to_shares(o.get("qty")), order_type=OrderType(o.get("type") or o["order_type"]),
@@ -111,12 +131,11 @@ class OrderTracker:
             created_ts=parse_ts(o.get("submitted_at")) or self._now(),
             limit_price=to_decimal(o.get("limit_price")),
             stop_price=to_decimal(o.get("stop_price")), broker_order_id=str(o["id"]),
-            status=order_status(str(o["status"])) or OrderStatus.NEW,
-            filled_qty=filled, filled_notional=avg * filled,
+            status=status, filled_qty=filled,
+            filled_notional=(to_decimal(o.get("filled_avg_price")) or Decimal(0)) * filled,
         )
         self.orders[cid] = order
-        self.cid_by_broker_id[order.broker_order_id] = cid
-        self._max_cum[cid] = filled
+        self.cid_by_broker_id.put(order.broker_order_id, cid)
         return order
 
     def forget(self, cid: str) -> None:
@@ -125,81 +144,102 @@ class OrderTracker:
             self.cid_by_broker_id.pop(order.broker_order_id, None)
 
     def open_cids(self) -> list[str]:
-        return [cid for cid, o in self.orders.items() if o.status not in TERMINAL]
-
-    def has_gap(self, cid: str) -> bool:
-        """Alpaca has shown more filled quantity than we have reported."""
-        order = self.orders.get(cid)
-        return order is not None and self._max_cum.get(cid, 0) > order.filled_qty
+        return list(self.orders)
 
     # -- stream updates ----------------------------------------------------------------
 
-    def on_trade_update(self, data: dict[str, Any]) -> bool:
-        """Apply one ``trade_updates`` payload. Returns True when the order needs a REST
-        reconcile (fills are missing, or a replacement is unknown)."""
+    def on_trade_update(self, data: dict[str, Any]) -> None:
+        """Apply one ``trade_updates`` payload."""
         event = str(data.get("event", ""))
         o = data.get("order") or {}
         cid = str(o.get("client_order_id", ""))
-        self.last_server_ts = parse_ts(data.get("timestamp")) or self.last_server_ts
+        finished = self._finished.get(cid)
+        if finished is not None:
+            if event in _FILL_EVENTS:  # an execution from before the end, maybe missed
+                self._late_fill(finished[1], data)
+            else:
+                log.info("alpaca.late_event", client_order_id=cid, trade_event=event,
+                         status=finished[0])
+            return
         order = self.orders.get(cid)
         if order is None:
-            log.info("alpaca.unknown_order", client_order_id=cid, trade_event=event)
-            return False
+            if not o.get("id") or not o.get("symbol"):
+                log.warning("alpaca.bad_update", trade_event=event)
+                return
+            qty = to_shares(data.get("qty")) if event in _FILL_EVENTS else 0
+            order = self.adopt(o, before_fill=qty)
+            log.info("alpaca.adopted_from_stream", client_order_id=cid, trade_event=event)
         self._note(order, o)
-        if order.status in TERMINAL:
-            log.info("alpaca.late_event", client_order_id=cid, trade_event=event,
-                     status=str(order.status))
-            return False
-        if event in ("partial_fill", "fill"):
+        if event in _FILL_EVENTS:
             self._stream_fill(order, data)
-        elif event in _TERMINAL_EVENTS and self.has_gap(cid):
-            log.info("alpaca.terminal_held", client_order_id=cid, trade_event=event)
         elif event == "replaced":
-            new_cid = self.cid_by_broker_id.get(str(o.get("replaced_by") or ""))
-            new_cid = new_cid or self._replacing.get(cid)
-            if new_cid is None:
-                return True
-            self._emit(order, OrderReplaced(cid, self._now(), new_client_order_id=new_cid))
+            self._replaced(order, o)
         else:
             mapped = self._status_event(event, order, data)
             if mapped is None:
                 log.warning("alpaca.unknown_event", client_order_id=cid, trade_event=event)
             else:
                 self._emit(order, mapped)
-        return self.has_gap(cid)
+        self._check_gap(order, o)
 
     def _note(self, order: Order, o: dict[str, Any]) -> None:
         if o.get("id"):
-            self.cid_by_broker_id[str(o["id"])] = order.client_order_id
+            self.cid_by_broker_id.put(str(o["id"]), order.client_order_id)
             if not order.broker_order_id:
                 order.broker_order_id = str(o["id"])
-        cum = to_shares(o.get("filled_qty"))
+
+    def _check_gap(self, order: Order, o: dict[str, Any]) -> None:
+        """Alpaca shows more filled than the stream delivered: ask for a REST look."""
+        shown = to_shares(o.get("filled_qty"))
+        if shown > order.filled_qty:
+            log.info("alpaca.fill_gap", client_order_id=order.client_order_id,
+                     reported=order.filled_qty, cumulative=shown)
+            self._emit_cb(ReconcileRequested(
+                who="alpaca", why=f"stream delivered {order.filled_qty} of {shown} filled",
+                ts=self._now(), client_order_id=order.client_order_id))
+
+    def _replaced(self, order: Order, o: dict[str, Any]) -> None:
         cid = order.client_order_id
-        self._max_cum[cid] = min(max(self._max_cum.get(cid, 0), cum), order.qty)
+        new_cid = self.cid_by_broker_id.get(str(o.get("replaced_by") or ""))
+        new_cid = new_cid or self._replacing.get(cid)
+        if new_cid is None:
+            self._emit_cb(ReconcileRequested(who="alpaca", why="replacement unknown",
+                                             ts=self._now(), client_order_id=cid))
+            return
+        self._emit(order, OrderReplaced(cid, self._now(), new_client_order_id=new_cid))
 
     def _stream_fill(self, order: Order, data: dict[str, Any]) -> None:
+        fill = self._fill_of(data)
+        if fill is None:
+            return
+        if order.has_fill(fill):
+            log.info("alpaca.duplicate_fill", client_order_id=order.client_order_id,
+                     execution_id=fill.execution_id, cum_qty=fill.cum_qty)
+            return
+        self._emit(order, OrderFilled(order.client_order_id, fill.ts, fill=fill))
+
+    def _late_fill(self, taken: frozenset[int], data: dict[str, Any]) -> None:
+        fill = self._fill_of(data)
+        if fill is None or fill.cum_qty in taken:
+            return  # a replay of an execution the order has
+        log.info("alpaca.late_fill", client_order_id=fill.client_order_id, cum_qty=fill.cum_qty)
+        self._emit_cb(OrderFilled(fill.client_order_id, fill.ts, fill=fill))
+
+    def _fill_of(self, data: dict[str, Any]) -> Fill | None:
+        """The execution of a fill event, identified by the order's cumulative quantity
+        after it (the payload's order is the order as of this execution)."""
+        o = data.get("order") or {}
         exec_id = str(data.get("execution_id") or "")
         qty = to_shares(data.get("qty"))
         price = to_decimal(data.get("price"))
+        cum = to_shares(o.get("filled_qty"))
         ts = parse_ts(data.get("timestamp")) or self._now()
-        if not exec_id or qty <= 0 or price is None:
-            log.warning("alpaca.bad_fill", client_order_id=order.client_order_id)
-            return
-        self._fill(order, exec_id, qty, price, ts)
-
-    def _fill(self, order: Order, exec_id: str, qty: int, price: Decimal, ts: datetime) -> bool:
-        cid = order.client_order_id
-        if exec_id in order.execution_ids:
-            log.info("alpaca.duplicate_fill", client_order_id=cid, execution_id=exec_id)
-            return False
-        if order.filled_qty + qty > self._max_cum.get(cid, 0):
-            log.warning("alpaca.fill_exceeds_cumulative", client_order_id=cid,
-                        execution_id=exec_id, qty=qty, reported=order.filled_qty,
-                        cumulative=self._max_cum.get(cid, 0))
-            return False
-        fill = Fill(execution_id=exec_id, client_order_id=cid, symbol=order.symbol,
-                    side=order.side, qty=qty, price=price, ts=ts)
-        return self._emit(order, OrderFilled(cid, ts, fill=fill))
+        if not exec_id or qty <= 0 or price is None or cum < qty or not o.get("side"):
+            log.warning("alpaca.bad_fill", client_order_id=str(o.get("client_order_id")))
+            return None
+        return Fill(execution_id=exec_id, client_order_id=str(o["client_order_id"]),
+                    symbol=str(o["symbol"]), side=OrderSide(o["side"]), qty=qty, price=price,
+                    ts=ts, cum_qty=cum)
 
     def _status_event(self, event: str, order: Order, data: dict[str, Any]) -> OrderEvent | None:
         cid, now = order.client_order_id, self._now()
@@ -227,62 +267,22 @@ class OrderTracker:
 
     # -- REST snapshots ------------------------------------------------------------------
 
-    def apply_snapshot(
-        self,
-        o: dict[str, Any],
-        activities: list[dict[str, Any]] | None,
-        *,
-        replaced_by_cid: str | None = None,
-        allow_synthetic: bool = False,
-    ) -> None:
-        """Bring the shadow order to an Alpaca REST snapshot: missing fills first (from
-        FILL activities, by execution id, bounded by ``filled_qty``), then the status.
-
-        With ``allow_synthetic`` a remaining fill gap that no activity explains is
-        reported as one fill at the implied average price (last resort, logged).
-        """
+    def apply_snapshot(self, o: dict[str, Any]) -> None:
+        """An order as a REST call returned it (the POST answer, an adoption after an
+        ambiguous submit): report its acknowledgement or its end. Fills never come from
+        here: a snapshot has no executions, only the reconciler books those."""
         cid = str(o["client_order_id"])
         order = self.orders.get(cid) or self.adopt(o)
         self._note(order, o)
-        if order.status in TERMINAL:
-            return
-        acts = sorted((a for a in activities or () if a.get("order_id") == o.get("id")),
-                      key=lambda a: to_shares(a.get("cum_qty")))
-        for a in acts:
-            price = to_decimal(a.get("price"))
-            ts = parse_ts(a.get("transaction_time")) or self._now()
-            if price is not None:
-                self._fill(order, execution_id_of_activity(str(a["id"])),
-                           to_shares(a.get("qty")), price, ts)
-        if allow_synthetic and self.has_gap(cid):
-            self._synthetic_fill(order, o)
         status = str(o.get("status", ""))
-        if status in _TERMINAL_EVENTS and self.has_gap(cid):
-            return  # never close an order whose fills we have not all reported
-        if status == "replaced":
-            if replaced_by_cid:
-                self._emit(order, OrderReplaced(cid, self._now(),
-                                                new_client_order_id=replaced_by_cid))
-            return
         if status in ("partially_filled", "filled"):
             if order.status in (OrderStatus.PENDING_NEW, OrderStatus.ACCEPTED):
                 self._emit(order, OrderNew(cid, self._now(), broker_order_id=order.broker_order_id))
-            return
-        mapped = self._status_event(status, order, {"reason": "reconciled"})
-        if mapped is not None and order.status != order_status(status):
-            self._emit(order, mapped)
-
-    def _synthetic_fill(self, order: Order, o: dict[str, Any]) -> None:
-        cum = self._max_cum.get(order.client_order_id, 0)
-        avg = to_decimal(o.get("filled_avg_price"))
-        missing = cum - order.filled_qty
-        if avg is None or missing <= 0:
-            return
-        price = ((avg * cum - order.filled_notional) / missing).quantize(Decimal("0.0001"))
-        exec_id = f"reconciled:{o.get('id')}:{cum}"
-        log.warning("alpaca.synthetic_fill", client_order_id=order.client_order_id,
-                    qty=missing, price=str(price))
-        self._fill(order, exec_id, missing, price, self._now())
+        elif status != "replaced":
+            mapped = self._status_event(status, order, {"reason": "reported by REST"})
+            if mapped is not None and order.status != order_status(status):
+                self._emit(order, mapped)
+        self._check_gap(order, o)
 
     # -- emission ------------------------------------------------------------------------
 
@@ -296,4 +296,12 @@ class OrderTracker:
         if not order.apply(event):
             return False
         self._emit_cb(event)
+        if not order.is_open:
+            self._finish(order)
         return True
+
+    def _finish(self, order: Order) -> None:
+        cid = order.client_order_id
+        self.orders.pop(cid, None)
+        self._replacing.pop(cid, None)
+        self._finished.put(cid, (str(order.status), frozenset(order.fill_ranges)))

@@ -30,6 +30,7 @@ from brokers._ib_map import IbExecution
 from brokers._ib_track import IbTracker
 from brokers.config import IbConfig
 from kernel.errors import BrokerAuthError, BrokerError
+from kernel.events import BrokerStatus
 
 log = structlog.get_logger("brokers.ib")
 
@@ -54,7 +55,7 @@ class LinkHooks:
     cut: Callable[[], None]  # drop the socket now
     executions: Callable[[datetime | None], Awaitable[object]]  # ask for executions
     prune: Callable[[], None]
-    status: Callable[[str, str], None]  # publish BrokerStatusChanged
+    status: Callable[[BrokerStatus, str], None]  # publish BrokerStatusChanged
     commission_missing: Callable[[IbExecution], None]
 
 
@@ -107,12 +108,12 @@ class LinkKeeper:
         if self.state in (LinkState.CONNECTING, LinkState.SYNCING):
             return
         self.state = LinkState.DISCONNECTED
-        self._hooks.status("disconnected", "connection to TWS lost")
+        self._hooks.status(BrokerStatus.DISCONNECTED, "connection to TWS lost")
         self._lost.set()
 
     def servers_lost(self, code: int) -> None:
         self.servers_up = False
-        self._hooks.status("disconnected", f"TWS lost IB's servers ({code})")
+        self._hooks.status(BrokerStatus.DISCONNECTED, f"TWS lost IB's servers ({code})")
 
     def servers_restored(self, catch_up: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
@@ -130,8 +131,8 @@ class LinkKeeper:
         self.last_data = time.monotonic()
 
     def _caught_up(self, detail: str) -> None:
-        self._hooks.status("recovering", detail)  # the Reconciler runs a gated pass
-        self._hooks.status("ready", detail)
+        # The reconciler runs a gated pass and alone says when the books are confirmed.
+        self._hooks.status(BrokerStatus.RECOVERING, detail)
 
     # -- reconnecting --------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from kernel.broker import BrokerOrder
 from kernel.model import Fill, OrderSide, OrderType, Position, TimeInForce
-from kernel.orders import OrderStatus
+from kernel.orders import OPEN, OrderStatus
 
 SCHEMA_VERSION = "1"
 
@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS positions (
     realized_pnl TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS marks (symbol TEXT PRIMARY KEY, price REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS fills_ts ON fills(ts);
 """
+_OPEN = tuple(sorted(s.value for s in OPEN))
 
 
 @dataclass(slots=True)
@@ -158,18 +160,19 @@ class PaperStore:
     def close(self) -> None:
         self._conn.close()
 
-    def load(self) -> StoredAccount | None:
-        """The stored account, or None when the file is new."""
+    def load(self, *, everything: bool = True) -> StoredAccount | None:
+        """The stored account, or None when the file is new. Without ``everything`` (the
+        broker's own start-up) only the open orders and no fills are read: the rest stay
+        on disk and are looked up when asked for (``order``, ``fills_since``)."""
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         if "cash" not in meta:
             return None
-        orders = [self._order(r) for r in self._conn.execute("SELECT * FROM orders ORDER BY seq")]
-        fills = [
-            Fill(execution_id=r[1], client_order_id=r[2], symbol=r[3], side=OrderSide(r[4]),
-                 qty=r[5], price=Decimal(r[6]), commission=Decimal(r[7]),
-                 ts=datetime.fromisoformat(r[8]))
-            for r in self._conn.execute("SELECT * FROM fills ORDER BY n")
-        ]
+        where = "" if everything else (
+            f" WHERE status IN ({','.join('?' * len(_OPEN))})")
+        orders = [self._order(r) for r in self._conn.execute(
+            f"SELECT * FROM orders{where} ORDER BY seq", () if everything else _OPEN)]
+        fills = [self._fill(r) for r in self._conn.execute("SELECT * FROM fills ORDER BY n")
+                 ] if everything else []
         positions = [
             Position(r[0], r[1], Decimal(r[2]), Decimal(r[3]))
             for r in self._conn.execute("SELECT * FROM positions ORDER BY symbol")
@@ -177,6 +180,23 @@ class PaperStore:
         marks = dict(self._conn.execute("SELECT symbol, price FROM marks").fetchall())
         return StoredAccount(Decimal(meta["cash"]), int(meta["order_seq"]), orders, fills,
                              positions, marks)
+
+    def order(self, client_order_id: str) -> PaperOrder | None:
+        """One order by client order id, in any status."""
+        r = self._conn.execute("SELECT * FROM orders WHERE client_order_id = ?",
+                               (client_order_id,)).fetchone()
+        return None if r is None else self._order(r)
+
+    def fills_since(self, since: datetime) -> list[Fill]:
+        """Fills with ``ts >= since``, oldest first (an index range scan)."""
+        return [self._fill(r) for r in self._conn.execute(
+            "SELECT * FROM fills WHERE ts >= ? ORDER BY n", (since.isoformat(),))]
+
+    @staticmethod
+    def _fill(r: tuple[Any, ...]) -> Fill:
+        return Fill(execution_id=r[1], client_order_id=r[2], symbol=r[3], side=OrderSide(r[4]),
+                    qty=r[5], price=Decimal(r[6]), commission=Decimal(r[7]),
+                    ts=datetime.fromisoformat(r[8]))
 
     @staticmethod
     def _order(r: tuple[Any, ...]) -> PaperOrder:

@@ -9,17 +9,26 @@ What the adapter adds to the SDK (see alpaca-protocol.md §2, §7, §8, §12):
 
 * exactly-once submission: the SDK's blind retry is off (``_retry = 0``), every request
   has a timeout, and an ambiguous outcome is resolved by ``client_order_id`` lookup;
-  a re-POST only ever reuses the same id;
+  a re-POST only ever reuses the same id. Only a 422 whose *message* says the
+  ``client_order_id`` is taken means "an earlier try landed, look it up": Alpaca sends
+  the same code (40010001) for plain validation errors, and those, like every other
+  4xx, are a definite refusal (``BrokerRejected`` with the broker's code and message);
 * bounded retries with exponential backoff and jitter for idempotent calls, and a
   client-side budget of ``rate_limit_per_min`` requests;
-* a watchdog on the trade stream (drops, silence, swallowed auth failures) with a REST
-  catch-up after every reconnect, reported as ``recovering`` then ``ready``.
+* a watchdog on the trade stream (drops, silence, swallowed auth failures).
+
+It reports what it sees and decides nothing about the books: the stream becomes domain
+events (``_alpaca_track``), each fill identified by the order's cumulative quantity;
+after a reconnect it publishes ``BrokerStatusChanged(RECOVERING)`` and when the stream
+shows fills it never delivered a ``ReconcileRequested``. The reconciler
+(``engine.reconcile``) then catches up over ``get_order`` / ``open_orders`` /
+``fills_since`` (the contract of ``kernel.broker``).
 
 Events published through the sink: ``OrderAccepted``, ``OrderNew``, ``OrderFilled``,
 ``OrderCanceled``, ``OrderExpired``, ``OrderReplaced``, ``OrderRejected``,
 ``OrderPendingCancel``, ``OrderPendingReplace``, ``OrderCancelRejected``,
-``OrderDoneForDay`` and ``BrokerStatusChanged`` (connected, disconnected, recovering,
-ready).
+``OrderDoneForDay``, ``ReconcileRequested`` and ``BrokerStatusChanged`` (connected,
+disconnected, recovering).
 """
 
 from __future__ import annotations
@@ -32,10 +41,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 import numpy as np
 import requests
@@ -80,6 +89,7 @@ from brokers._alpaca_http import (
 )
 from brokers._alpaca_map import (
     TradingSession,
+    account_snapshot,
     broker_fill,
     broker_order,
     broker_position,
@@ -99,7 +109,14 @@ from kernel.errors import (
     BrokerRejected,
     BrokerUnavailable,
 )
-from kernel.events import BarBatch, BrokerStatusChanged, OrderEvent, OrderIntent
+from kernel.events import (
+    BarBatch,
+    BrokerStatus,
+    BrokerStatusChanged,
+    Event,
+    OrderIntent,
+    ReconcileRequested,
+)
 from kernel.model import AccountSnapshot, BrokerPosition, MarketClock, OrderType
 
 __all__ = ["AlpacaBarFeed", "AlpacaBroker", "TradingSession"]
@@ -137,19 +154,33 @@ def _harden(client: Any, timeout: float) -> None:
     session.request = request  # type: ignore[method-assign,assignment]
 
 
+class Ring(list[int]):
+    """A list that keeps only its newest ``size`` to ``2 x size`` values (diagnostics
+    must not grow with the session); slicing and ``len`` work on what is kept."""
+
+    def __init__(self, size: int = 4096) -> None:
+        super().__init__()
+        self._size = size
+
+    def append(self, value: int) -> None:
+        super().append(value)
+        if len(self) > 2 * self._size:
+            del self[: self._size]
+
+
 @dataclass(slots=True)
 class Timings:
-    """Where submit/event time goes (for the benchmark; all in ns).
+    """Where submit/event time goes (for the benchmark; all in ns, newest values only).
 
     ``io_ns`` is measured inside the worker thread around the SDK call (SDK + HTTP +
     emulator); ``call_ns`` around the whole awaited call on the loop. ``event_ns`` is
     the loop-side handling of one stream update (mapping, FSM check, sink).
     """
 
-    call_ns: list[int] = field(default_factory=list)
-    io_ns: list[int] = field(default_factory=list)
-    event_ns: list[int] = field(default_factory=list)
-    hop_ns: list[int] = field(default_factory=list)
+    call_ns: Ring = field(default_factory=Ring)
+    io_ns: Ring = field(default_factory=Ring)
+    event_ns: Ring = field(default_factory=Ring)
+    hop_ns: Ring = field(default_factory=Ring)
 
 
 class _HookedTradingStream(TradingStream):
@@ -275,11 +306,7 @@ class AlpacaBroker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connected: asyncio.Future[None] | None = None
         self._epoch = 0
-        self._status = "disconnected"
-        self._recovering = False
-        self._recover_again = False
-        self._reconcile_cids: set[str] = set()
-        self._reconcile_task: asyncio.Task[None] | None = None
+        self._status = BrokerStatus.DISCONNECTED
         self.timings = Timings()
 
     def __repr__(self) -> str:
@@ -316,8 +343,7 @@ class AlpacaBroker:
             raise BrokerUnavailable(
                 f"trade stream at {self._stream_url()} did not connect within "
                 f"{self._cfg.request_timeout_secs}s") from None
-        self._set_status("connected", "trade stream authorized")
-        self._set_status("ready", "")
+        self._set_status(BrokerStatus.CONNECTED, "trade stream authorized")
         self._spawn(self._watchdog(), "alpaca.stream_watchdog")
         log.info("alpaca.started", base_url=self._cfg.base_url,
                  adopted_open_orders=len(self._tracker.open_cids()))
@@ -345,8 +371,8 @@ class AlpacaBroker:
             self._client._session.close()
         if self._log_filter is not None:
             self._log_filter.uninstall()
-        if self._status != "disconnected":
-            self._set_status("disconnected", "closed")
+        if self._status is not BrokerStatus.DISCONNECTED:
+            self._set_status(BrokerStatus.DISCONNECTED, "closed")
         self._stream = self._stream_thread = self._client = None
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
@@ -406,9 +432,7 @@ class AlpacaBroker:
         t0 = time.perf_counter_ns()
         self.timings.hop_ns.append(t0 - sent_ns)
         try:
-            if self._tracker.on_trade_update(data):
-                cid = str((data.get("order") or {}).get("client_order_id", ""))
-                self._schedule_reconcile(cid)
+            self._tracker.on_trade_update(data)
         except Exception as exc:  # a malformed update must not kill the stream hop
             log.error("alpaca.update_failed", error=self._scrub(repr(exc)),
                       trade_event=str(data.get("event")))
@@ -420,8 +444,8 @@ class AlpacaBroker:
             self._connected.set_result(None)
             return
         log.info("alpaca.stream_reconnected", epoch=self._epoch)
-        self._set_status("recovering", "trade stream reconnected; catching up over REST")
-        self._spawn(self._recover(), "alpaca.recover")
+        # Alpaca does not replay what the stream missed: the reconciler catches up.
+        self._set_status(BrokerStatus.RECOVERING, "trade stream reconnected")
 
     def _on_stream_auth_failed(self) -> None:
         log.error("alpaca.stream_auth_failed", url=self._stream_url())
@@ -429,15 +453,15 @@ class AlpacaBroker:
             self._connected.set_exception(BrokerAuthError(
                 "Alpaca trade stream refused the API keys; check APCA_API_KEY_ID / "
                 "APCA_API_SECRET_KEY"))
-        elif self._status != "disconnected":
-            self._set_status("disconnected", "trade stream authentication failed")
+        elif self._status is not BrokerStatus.DISCONNECTED:
+            self._set_status(BrokerStatus.DISCONNECTED, "trade stream authentication failed")
 
     def _on_stream_dropped(self, reason: str) -> None:
         log.warning("alpaca.stream_dropped", reason=reason)
-        if self._status != "disconnected":
-            self._set_status("disconnected", f"trade stream dropped: {reason}")
+        if self._status is not BrokerStatus.DISCONNECTED:
+            self._set_status(BrokerStatus.DISCONNECTED, f"trade stream dropped: {reason}")
 
-    def _set_status(self, status: str, detail: str) -> None:
+    def _set_status(self, status: BrokerStatus, detail: str) -> None:
         self._status = status
         self._sink(BrokerStatusChanged(self.name, status, self._clock.now(), detail))
 
@@ -445,14 +469,11 @@ class AlpacaBroker:
         """Probe a silent stream with a ping; cut it when the pong does not come back
         (the SDK then reconnects and we catch up)."""
         silence = self._cfg.stream_silence_secs
-        last_sweep = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, silence / 4, self._cfg.reconcile_interval_secs / 2))
-            if time.monotonic() - last_sweep >= self._cfg.reconcile_interval_secs:
-                last_sweep = time.monotonic()
-                await self._sweep()
+            await asyncio.sleep(min(1.0, silence / 4))
             stream = self._stream
-            if stream is None or stream._loop is None or self._status == "disconnected":
+            if (stream is None or stream._loop is None
+                    or self._status is BrokerStatus.DISCONNECTED):
                 continue
             if time.monotonic() - stream.last_frame < silence:
                 continue
@@ -464,94 +485,14 @@ class AlpacaBroker:
                 await asyncio.wrap_future(
                     asyncio.run_coroutine_threadsafe(stream.cut(), stream._loop))
 
-    async def _recover(self) -> None:
-        """After a reconnect: fetch what the stream missed, then report ``ready``."""
-        if self._recovering:
-            self._recover_again = True
-            return
-        self._recovering = True
-        try:
-            while True:
-                self._recover_again = False
-                try:
-                    n = await self._catch_up(self._tracker.open_cids())
-                except BrokerError as exc:
-                    log.warning("alpaca.recover_failed", error=str(exc))
-                    await asyncio.sleep(self._cfg.retry_backoff_secs)
-                    self._recover_again = True
-                    continue
-                if not self._recover_again:
-                    break
-            log.info("alpaca.recovered", orders_checked=n)
-            self._set_status("ready", "caught up over REST")
-        finally:
-            self._recovering = False
-
-    async def _sweep(self) -> None:
-        """Periodic check of our open orders against REST: an update the stream never
-        delivered (a dropped final fill, a silent cancel) is found here at the latest."""
-        if self._status != "ready" or not self._tracker.open_cids():
-            return
-        try:
-            rows: Any = await self._retry("open_orders", self._raw_open_orders)
-        except BrokerError as exc:
-            log.warning("alpaca.sweep_failed", error=str(exc))
-            return
-        live = {str(o["client_order_id"]): o for o in rows}
-        stale = []
-        for cid in self._tracker.open_cids():
-            o = live.get(cid)
-            if o is not None:
-                self._tracker.apply_snapshot(o, None)
-            if o is None or self._tracker.has_gap(cid):
-                stale.append(cid)
-        if stale:
-            log.info("alpaca.sweep_found", orders=len(stale))
-            try:
-                await self._catch_up(stale)
-            except BrokerError as exc:
-                log.warning("alpaca.sweep_failed", error=str(exc))
-
-    def _schedule_reconcile(self, cid: str) -> None:
-        self._reconcile_cids.add(cid)
-        if self._reconcile_task is None or self._reconcile_task.done():
-            self._reconcile_task = self._spawn(self._reconcile_later(), "alpaca.reconcile")
-
-    async def _reconcile_later(self) -> None:
-        # Give the stream a moment: the missing update is often just behind.
-        await asyncio.sleep(self._cfg.reconcile_grace_secs)
-        while self._reconcile_cids:
-            cids = [c for c in self._reconcile_cids if self._tracker.has_gap(c)
-                    or c in self._tracker.open_cids()]
-            self._reconcile_cids.clear()
-            try:
-                await self._catch_up(cids)
-            except BrokerError as exc:
-                log.warning("alpaca.reconcile_failed", error=str(exc))
-
-    async def _catch_up(self, cids: list[str]) -> int:
-        """Bring the given orders up to date from REST (orders + FILL activities)."""
-        if not cids:
-            return 0
-        snaps = []
-        for cid in cids:
-            o = await self._lookup(cid)
-            if o is not None:
-                snaps.append(o)
-        stamps = [t for o in snaps if (t := parse_ts(o.get("submitted_at"))) is not None]
-        since = min(stamps, default=None)
-        acts = await self._activities(since - timedelta(seconds=1)) if since else []
-        for o in snaps:
-            new_cid = None
-            if o.get("status") == "replaced" and o.get("replaced_by"):
-                new_cid = await self._cid_of(str(o["replaced_by"]))
-            self._tracker.apply_snapshot(o, acts, replaced_by_cid=new_cid, allow_synthetic=True)
-        return len(snaps)
-
-    def _report(self, event: OrderEvent) -> None:
+    def _report(self, event: Event) -> None:
         log.debug("alpaca.event", domain_event=type(event).__name__,
-                  client_order_id=event.client_order_id)
+                  client_order_id=getattr(event, "client_order_id", None))
         self._sink(event)
+
+    def _request_reconcile(self, cid: str, why: str) -> None:
+        self._report(ReconcileRequested(who=self.name, why=why, ts=self._clock.now(),
+                                        client_order_id=cid))
 
     # -- REST plumbing -------------------------------------------------------------------
 
@@ -627,7 +568,7 @@ class AlpacaBroker:
             except BrokerRejected:
                 return None
             cid = str(o["client_order_id"])
-            self._tracker.cid_by_broker_id[broker_id] = cid
+            self._tracker.cid_by_broker_id.put(broker_id, cid)
         return cid
 
     async def _activities(self, after: datetime | None) -> list[dict[str, Any]]:
@@ -651,18 +592,24 @@ class AlpacaBroker:
     async def submit(self, intent: OrderIntent) -> None:
         """Send an order under ``intent.client_order_id``, exactly once.
 
+        A refusal is definite only while no earlier attempt may still take effect: once
+        one was ambiguous (a timeout, a 5xx after sending), a later refusal or failure
+        says nothing about that earlier request, which can land later, so the outcome
+        is ambiguous.
+
         Raises:
             BrokerRejected: refused (validation, buying power); the order never existed.
             AmbiguousSubmission: still unresolved after bounded lookups; it stays in flight.
             BrokerUnavailable: certainly not placed (rate limited, connection refused).
         """
-        req = self._order_request(intent)
         cid = intent.client_order_id
+        req = self._order_request(intent)
         self._tracker.track_intent(intent)
         log.info("alpaca.submit", client_order_id=cid, symbol=intent.symbol,
                  side=str(intent.side), qty=intent.qty, order_type=str(intent.order_type),
                  tif=str(intent.time_in_force))
         last: BrokerError | None = None
+        in_flight = False  # an earlier attempt may still take effect
         for attempt in range(1, self._cfg.submit_attempts + 1):
             try:
                 o: Any = await self._io("submit_order", lambda: self._c().submit_order(req),
@@ -671,18 +618,15 @@ class AlpacaBroker:
                 return
             except BrokerRejected as exc:
                 if not is_duplicate_cid(exc):
-                    self._tracker.forget(cid)
-                    log.info("alpaca.rejected", client_order_id=cid, reason=str(exc))
-                    raise
+                    self._refused(cid, exc, in_flight)
                 log.info("alpaca.duplicate_cid", client_order_id=cid)  # an earlier try landed
                 last = exc
             except AmbiguousSubmission as exc:
                 log.warning("alpaca.ambiguous", client_order_id=cid, attempt=attempt,
                             error=str(exc))
-                last = exc
-            except BrokerAuthError:
-                self._tracker.forget(cid)
-                raise
+                last, in_flight = exc, True
+            except BrokerAuthError as exc:
+                self._refused(cid, exc, in_flight)
             except BrokerUnavailable as exc:  # nothing was placed: same id again is safe
                 log.warning("alpaca.submit_unavailable", client_order_id=cid, error=str(exc))
                 last = exc
@@ -691,12 +635,26 @@ class AlpacaBroker:
             if await self._resolve(cid):
                 return
             await asyncio.sleep(self._backoff(attempt))
-        if isinstance(last, BrokerUnavailable):
+        if isinstance(last, BrokerUnavailable) and not in_flight:
             self._tracker.forget(cid)
             raise last
         raise AmbiguousSubmission(
             f"submit {cid}: outcome unknown after {self._cfg.submit_attempts} attempts "
             f"({last}); resolve with get_order") from last
+
+    def _refused(self, cid: str, exc: BrokerError, in_flight: bool) -> NoReturn:
+        """This POST was refused: the order's refusal, unless an earlier attempt of the
+        same id may still land."""
+        if in_flight:
+            log.warning("alpaca.refused_after_ambiguity", client_order_id=cid,
+                        status=exc.status, code=exc.code, reason=str(exc))
+            raise AmbiguousSubmission(
+                f"submit {cid}: refused ({exc}) after an earlier attempt whose outcome is "
+                "unknown; resolve with get_order", status=exc.status, code=exc.code) from exc
+        self._tracker.forget(cid)
+        log.info("alpaca.rejected", client_order_id=cid, status=exc.status, code=exc.code,
+                 reason=str(exc))
+        raise exc
 
     def _backoff(self, attempt: int) -> float:
         base = min(self._cfg.retry_backoff_max_secs,
@@ -719,13 +677,23 @@ class AlpacaBroker:
         return True
 
     def _adopt(self, o: dict[str, Any]) -> None:
-        self._tracker.apply_snapshot(o, None)
-        cid = str(o["client_order_id"])
-        if self._tracker.has_gap(cid):  # filled before we saw it: let the stream catch up
-            self._schedule_reconcile(cid)
+        self._tracker.apply_snapshot(o)
+
+    @classmethod
+    def _order_request(cls, intent: OrderIntent) -> OrderRequest:
+        """The SDK request for ``intent``. Raises ``BrokerRejected`` (nothing was sent)
+        when the order cannot be expressed: our own check or the SDK's validation."""
+        try:
+            return cls._build_request(intent)
+        except BrokerRejected:
+            raise
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("alpaca.unbuildable", client_order_id=intent.client_order_id,
+                        error=str(exc)[:300])
+            raise BrokerRejected(f"order not sent: {str(exc)[:300]}") from exc
 
     @staticmethod
-    def _order_request(intent: OrderIntent) -> OrderRequest:
+    def _build_request(intent: OrderIntent) -> OrderRequest:
         order_body_fields(order_type=intent.order_type, limit_price=intent.limit_price,
                           stop_price=intent.stop_price)
         common: dict[str, Any] = {
@@ -769,7 +737,7 @@ class AlpacaBroker:
             if exc.status != 422:
                 raise
             log.info("alpaca.cancel_too_late", client_order_id=client_order_id, error=str(exc))
-            self._schedule_reconcile(client_order_id)
+            self._request_reconcile(client_order_id, "cancel refused: order already ended")
 
     async def cancel_all(self) -> None:
         log.info("alpaca.cancel_all")
@@ -810,7 +778,7 @@ class AlpacaBroker:
         except BrokerError:
             self._tracker.forget(new_client_order_id)
             raise
-        self._tracker.cid_by_broker_id[str(new["id"])] = new_client_order_id
+        self._tracker.cid_by_broker_id.put(str(new["id"]), new_client_order_id)
 
     # -- Broker: queries ------------------------------------------------------------------
 
@@ -834,15 +802,12 @@ class AlpacaBroker:
         return [broker_position(p) for p in ps]
 
     async def account(self) -> AccountSnapshot:
+        """Cash, equity, buying power, positions, and ``last_equity`` (equity at the
+        previous close: the base of today's P&L), the account status and whether
+        trading is blocked."""
         a: Any = await self._retry("account", lambda: self._c().get_account())
         positions = await self.positions()
-        last = a.get("last_equity")
-        return AccountSnapshot(
-            ts=self._clock.now(), cash=Decimal(str(a["cash"])), equity=Decimal(str(a["equity"])),
-            buying_power=Decimal(str(a["buying_power"])), positions=tuple(positions),
-            last_equity=Decimal(str(last)) if last not in (None, "") else None,
-            status=str(a.get("status") or ""),
-            trading_blocked=bool(a.get("trading_blocked") or a.get("account_blocked")))
+        return account_snapshot(a, positions, self._clock.now())
 
     async def clock(self) -> MarketClock | None:
         c: Any = await self._retry("clock", lambda: self._c().get_clock())

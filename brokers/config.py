@@ -44,10 +44,6 @@ class AlpacaConfig(ComponentConfig):
     retry_backoff_max_secs: float = Field(8.0, gt=0)
     submit_attempts: int = Field(3, ge=1, description="POSTs of one client_order_id")
     reconnect_backoff_secs: float = Field(1.0, gt=0, description="first stream reconnect wait")
-    reconcile_interval_secs: float = Field(
-        30.0, gt=0, description="sweep open orders over REST for updates the stream lost")
-    reconcile_grace_secs: float = Field(
-        0.5, ge=0, description="wait for the stream before fetching a missed fill over REST")
 
 
 # IB Gateway 4001 and TWS 7496 trade real money; 4002 and 7497 are their paper ports.

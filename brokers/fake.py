@@ -23,6 +23,10 @@ everything else happens when the test says so:
   it: a submit that raised was still attempted), ``hang_submit`` makes ``submit`` never
   return, ``cancel_error`` is raised by every ``cancel`` and ``cancel_all``.
 * **any report**: ``emit(event)`` delivers an event through the sink, as a stream would.
+* **Alpaca's quirks**: ``channel_ids`` names each execution differently in
+  ``fills_since`` than on the stream (as Alpaca's FILL activities may); ``between_calls``
+  runs a step between ``positions()`` and ``account()`` of one snapshot (a fill landing
+  while the reconciler reads the broker).
 
 Recorded calls: ``received`` (the intents, in order; ``submitted`` their ids),
 ``cancels``, ``cancel_alls``, ``replaces``, ``lookups`` (``get_order`` ids).
@@ -33,6 +37,7 @@ It keeps everything it is given, without a bound: a test double, not for long ru
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -93,10 +98,15 @@ class FakeBroker:
     name = "fake"
 
     def __init__(self, cash: Decimal = Decimal(100_000), *, report: bool = True,
-                 fill_on_submit: bool = False, clock: Clock | None = None) -> None:
+                 fill_on_submit: bool = False, clock: Clock | None = None,
+                 channel_ids: bool = False) -> None:
         self.cash = cash
         self.report = report
         self.fill_on_submit = fill_on_submit
+        self.channel_ids = channel_ids
+        # Called as ``account()`` is asked, after ``positions()`` was read: what happens
+        # at the broker (and on its stream) between two REST calls of one snapshot.
+        self.between_calls: list[Callable[[], None]] = []
         self._clock = clock
         self.sink: EventSink = self._drop
         self.orders: dict[str, BrokerOrder] = {}
@@ -109,7 +119,7 @@ class FakeBroker:
         self.lookups: list[str] = []
         self.hang_submit = False
         self.cancel_error: BrokerError | None = None
-        self._next_submit_error: BrokerError | None = None
+        self._next_submit_error: Exception | None = None
         self._seq = 0
 
     # -- wiring and test controls ----------------------------------------------------------
@@ -128,7 +138,7 @@ class FakeBroker:
         """Deliver ``event`` through the sink, as the broker's stream would."""
         self.sink(event)
 
-    def fail_next_submit(self, exc: BrokerError) -> None:
+    def fail_next_submit(self, exc: Exception) -> None:
         """Make the next ``submit`` raise ``exc`` (once)."""
         self._next_submit_error = exc
 
@@ -289,7 +299,11 @@ class FakeBroker:
         return [o for o in self.orders.values() if o.status not in TERMINAL]
 
     async def fills_since(self, since: datetime) -> list[BrokerFill]:
-        return [f for f in self.fills if f.ts >= since]
+        listed = [f for f in self.fills if f.ts >= since]
+        if self.channel_ids:  # the fill list names executions unlike the stream (Alpaca)
+            listed = [replace(f, execution_id=f"activity::{f.execution_id[::-1]}")
+                      for f in listed]
+        return listed
 
     async def positions(self) -> list[BrokerPosition]:
         return [BrokerPosition(s, p.qty, p.avg) for s, p in sorted(self.pos.items()) if p.qty]
@@ -299,7 +313,10 @@ class FakeBroker:
         data); buying power is the cash."""
         positions = tuple(await self.positions())
         equity = self.cash + sum((p.qty * p.avg_price for p in positions), Decimal(0))
-        return AccountSnapshot(self._now(), self.cash, equity, self.cash, positions)
+        snap = AccountSnapshot(self._now(), self.cash, equity, self.cash, positions)
+        if self.between_calls:
+            self.between_calls.pop(0)()
+        return snap
 
     async def clock(self) -> MarketClock | None:
         """None: no market clock (the gate uses its own market hours)."""

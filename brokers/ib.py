@@ -73,7 +73,13 @@ from kernel.errors import (
     BrokerRejected,
     BrokerUnavailable,
 )
-from kernel.events import AlertRaised, BrokerStatusChanged, OrderEvent, OrderIntent
+from kernel.events import (
+    AlertRaised,
+    BrokerStatus,
+    BrokerStatusChanged,
+    OrderEvent,
+    OrderIntent,
+)
 from kernel.model import AccountSnapshot, BrokerPosition, MarketClock
 
 __all__ = ["IbBroker", "Timings"]
@@ -113,7 +119,7 @@ class IbBroker:
             executions=self._req.executions, prune=lambda: prune_sdk(self._ib_().wrapper),
             status=self._set_status, commission_missing=self._commission_missing))
         self._ib: IB | None = None
-        self._status = "disconnected"
+        self._status = BrokerStatus.DISCONNECTED
         self._closing = False
         self._acks: dict[str, asyncio.Future[Ack | None]] = {}
         self._refusal: asyncio.Future[None] | None = None
@@ -140,8 +146,8 @@ class IbBroker:
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        self._set_status("connected", f"{self._cfg.host}:{self._cfg.port}")
-        self._set_status("ready", "synchronized with TWS")
+        # Connected; the reconciler's start-up pass says when the books are confirmed.
+        self._set_status(BrokerStatus.CONNECTED, f"{self._cfg.host}:{self._cfg.port}")
         log.info("ib.started", host=self._cfg.host, port=self._cfg.port,
                  client_id=self._cfg.client_id, account=self._feed.account,
                  adopted_open_orders=len(self._tracker.open_cids()))
@@ -156,8 +162,8 @@ class IbBroker:
         if self._ib is not None:
             self._ib.disconnect()
         self._link.state = LinkState.DISCONNECTED
-        if self._status != "disconnected":
-            self._set_status("disconnected", "closed")
+        if self._status is not BrokerStatus.DISCONNECTED:
+            self._set_status(BrokerStatus.DISCONNECTED, "closed")
 
     async def _settle_before_close(self) -> None:
         """An acknowledged market order fills within moments at IB: wait a little for
@@ -349,7 +355,7 @@ class IbBroker:
         self._sink(event)
         self._reported.set()
 
-    def _set_status(self, status: str, detail: str) -> None:
+    def _set_status(self, status: BrokerStatus, detail: str) -> None:
         self._status = status
         self._sink(BrokerStatusChanged(self.name, status, self._clock.now(), detail))
 

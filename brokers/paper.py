@@ -49,12 +49,17 @@ With a ``store_path`` every state change is committed to SQLite before its event
 reported, so a restarted session continues the same account: cash, positions, orders
 (working ones keep working), fills and id counters. Last closes of held symbols are
 written with each commit and on close, not per bar (a crash may leave older marks).
+Memory holds the working orders and the last ``retain_done`` ended ones; older orders
+and every fill are read back from the store when asked for (``get_order``,
+``fills_since``), so a long session does not grow. Without a store everything stays in
+memory (tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import OrderedDict
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -116,7 +121,8 @@ class PaperBroker:
     name = "paper"
 
     def __init__(
-        self, *, cfg: PaperConfig, clock: Clock, sink: EventSink, store_path: Path | None = None
+        self, *, cfg: PaperConfig, clock: Clock, sink: EventSink, store_path: Path | None = None,
+        retain_done: int = 1000,
     ) -> None:
         self._clock = clock
         self._sink = sink
@@ -129,14 +135,17 @@ class PaperBroker:
         self._ack_delay = cfg.ack_latency_ms / 1000.0
         self._cash = Decimal(cfg.initial_cash)
         self._order_seq = 0
+        # Working orders and the newest ended ones (older ones: the store).
         self._orders: dict[str, PaperOrder] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()  # ended orders in memory, by age
+        self._retain_done = retain_done
         # symbol -> working orders in time priority; only these symbols are looked at
         # per batch, so a batch with nothing working costs a few dict checks.
         self._working: dict[str, dict[str, PaperOrder]] = {}
         self._positions: dict[str, Position] = {}
         self._held: set[str] = set()  # symbols with a non-zero position (marked per batch)
         self._marks: dict[str, float] = {}
-        self._fills: list[Fill] = []
+        self._fills: list[Fill] = []  # only without a store (with one: on disk)
         self._reserved = ZERO
         self._next_expiry: datetime | None = None
         self._pending_acks: dict[str, asyncio.TimerHandle] = {}
@@ -174,22 +183,21 @@ class PaperBroker:
 
     def _restore(self) -> None:
         assert self._store is not None
-        stored = self._store.load()
+        stored = self._store.load(everything=False)
         if stored is None:
             self._commit(marks=True)
             log.info("paper.store_created", path=str(self._store_path), cash=str(self._cash))
             return
         self._cash, self._order_seq = stored.cash, stored.order_seq
-        for po in stored.orders:
+        for po in stored.orders:  # the open ones
             self._orders[po.client_order_id] = po
             if po.status in OPEN:
                 self._work(po)
-        self._fills = stored.fills
         self._positions = {p.symbol: p for p in stored.positions}
         self._held = {p.symbol for p in stored.positions if p.qty}
         self._marks = stored.marks
         log.info("paper.store_resumed", path=str(self._store_path), cash=str(self._cash),
-                 working=sum(map(len, self._working.values())), fills=len(self._fills))
+                 working=sum(map(len, self._working.values())))
 
     # -- orders --------------------------------------------------------------------------
 
@@ -202,7 +210,7 @@ class PaperBroker:
                 (see the module doc). Nothing is recorded.
         """
         cid = intent.client_order_id
-        if cid in self._orders:
+        if self._known(cid):
             self._reject(cid, f"client_order_id must be unique: {cid!r} was used before")
         qty = intent.qty
         if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
@@ -285,7 +293,7 @@ class PaperBroker:
                 used, ``qty <= filled qty``, bad prices, or insufficient buying power.
         """
         old = self._open_order(client_order_id)
-        if new_client_order_id in self._orders:
+        if self._known(new_client_order_id):
             self._reject(new_client_order_id, "client_order_id must be unique")
         total = old.qty if qty is None else qty
         if total <= old.filled_qty:
@@ -394,11 +402,13 @@ class PaperBroker:
         po.filled_qty += qty
         po.filled_notional += price * qty
         self._book(fill)
-        self._fills.append(fill)
+        if self._store is None:
+            self._fills.append(fill)
         self._new_fills.append(fill)
         if po.filled_qty == po.qty:
             po.status = OrderStatus.FILLED
             self._unwork(po)
+            self._ended[po.client_order_id] = None
         else:
             po.status = OrderStatus.PARTIALLY_FILLED
         self._update_reserve(po)
@@ -455,6 +465,7 @@ class PaperBroker:
         self._flush_ack(po)
         po.status = status
         self._unwork(po)
+        self._ended[po.client_order_id] = None
         self._update_reserve(po)
         self._dirty_orders[po.client_order_id] = po
         self._out.append(event)
@@ -499,9 +510,23 @@ class PaperBroker:
         self._dirty_orders.clear()
         self._new_fills = []
         self._dirty_positions.clear()
+        self._evict()
         out, self._out = self._out, []
         for event in out:
             self._sink(event)
+
+    def _known(self, cid: str) -> bool:
+        return cid in self._orders or (self._store is not None
+                                       and self._store.order(cid) is not None)
+
+    def _evict(self) -> None:
+        """Ended orders beyond ``retain_done`` leave memory (they are committed: this
+        runs after the save). Without a store there is nowhere else to keep them."""
+        if self._store is None:
+            return
+        while len(self._ended) > self._retain_done:
+            cid, _ = self._ended.popitem(last=False)
+            self._orders.pop(cid, None)
 
     # -- money -------------------------------------------------------------------------
 
@@ -547,7 +572,7 @@ class PaperBroker:
             self._reject(cid, f"a {kind.value} order needs a positive stop_price")
 
     def _open_order(self, cid: str) -> PaperOrder:
-        po = self._orders.get(cid)
+        po = self._orders.get(cid) or (self._store.order(cid) if self._store else None)
         if po is None:
             self._reject(cid, f"order {cid!r} not found", status=404)
         if po.status in TERMINAL:
@@ -564,6 +589,8 @@ class PaperBroker:
     async def get_order(self, client_order_id: str) -> BrokerOrder | None:
         """The order in any status; None if this account never had it."""
         po = self._orders.get(client_order_id)
+        if po is None and self._store is not None:
+            po = self._store.order(client_order_id)
         return None if po is None else po.view()
 
     async def open_orders(self) -> list[BrokerOrder]:
@@ -571,11 +598,16 @@ class PaperBroker:
         return [po.view() for po in sorted(self._iter_working(), key=lambda o: o.seq)]
 
     async def fills_since(self, since: datetime) -> list[BrokerFill]:
-        """Fills with ``ts >= since`` (inclusive: reconciliation de-duplicates by id)."""
+        """Fills with ``ts >= since`` (inclusive: reconciliation de-duplicates them)."""
+        if self._store is not None:
+            listed = [*self._store.fills_since(since),
+                      *(f for f in self._new_fills if f.ts >= since)]  # not yet committed
+        else:
+            listed = [f for f in self._fills if f.ts >= since]
         return [
             BrokerFill(f.execution_id, f.client_order_id, f.symbol, f.side, f.qty, f.price,
-                       f.ts)
-            for f in self._fills if f.ts >= since
+                       f.ts, commission=f.commission, cum_qty=f.cum_qty)
+            for f in listed
         ]
 
     async def positions(self) -> list[BrokerPosition]:

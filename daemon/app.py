@@ -44,7 +44,7 @@ from daemon.replay import ReplayDriver, open_tape
 from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
 from engine.routing import Accounts
-from engine.system import TradingSystem, build_system
+from engine.system import BrokerFactory, TradingSystem, build_system
 from kernel import logging as dlog
 from kernel.broker import Broker
 from kernel.bus import Bus
@@ -53,6 +53,7 @@ from kernel.errors import BrokerAuthError, BrokerError, HandlerFailed
 from kernel.events import (
     BarBatch,
     Event,
+    KillSwitchSource,
     Message,
     ReconcileTick,
     SignalBatch,
@@ -85,7 +86,7 @@ class Daemon:
         self,
         settings: Settings,
         *,
-        broker: Broker | None = None,
+        broker: Broker | BrokerFactory | None = None,
         environ: dict[str, str] | None = None,
         journaling: bool = True,
     ) -> None:
@@ -353,7 +354,7 @@ class Daemon:
 
     def _on_sigusr1(self) -> None:
         for system in self.systems:
-            system.killswitch.engage("signal", "SIGUSR1 received")
+            system.killswitch.engage(KillSwitchSource.SIGNAL, "SIGUSR1 received")
 
     def _announce(self) -> None:
         d = self.settings.daemon

@@ -75,6 +75,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
+    from daemon.lock import StateDirLock, StateDirLocked
     from kernel import logging as dlog
 
     settings = _settings(args)
@@ -82,6 +85,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for secret in (settings.broker.alpaca.key_id, settings.broker.alpaca.secret_key):
         if secret is not None:
             dlog.register_secret(secret.get_secret_value())
+    try:  # before anything touches the state directory: one daemon per directory
+        lock = StateDirLock(settings.daemon.state_dir).acquire()
+    except StateDirLocked as exc:
+        structlog.get_logger("daemon.cli").error(
+            "daemon.state_dir_locked", holder_pid=exc.holder, state_dir=str(exc.state_dir))
+        print(f"tradingd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     from daemon.app import Daemon, install_uvloop
     from daemon.operations import run_operated
 
@@ -101,6 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         structlog.get_logger("daemon.cli").critical("daemon.crashed", error=repr(exc),
                                                     exc_info=exc)
         return EXIT_FAILED
+    finally:
+        lock.release()
     return code
 
 

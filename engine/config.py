@@ -59,6 +59,12 @@ class DaemonConfig(ComponentConfig):
     shutdown_grace_secs: float = Field(10, ge=0)
     kill_switch_file: Path | None = Field(None, description="default: <state_dir>/KILL_SWITCH")
     watchdog: bool = Field(True, description="sd_notify WATCHDOG=1 when systemd asks")
+    orders_retained: int = Field(
+        1000, ge=0, description="ended orders kept in memory (older ones stay in the journal)")
+    reconcile_confirm_secs: float = Field(
+        0.5, ge=0, description="wait before a second look confirms a difference as drift")
+    reconcile_request_delay_secs: float = Field(
+        0.5, ge=0, description="an adapter's reconcile request waits this long for the stream")
     connect_attempts: int = Field(
         0, ge=0, description="broker connection attempts at start; 0 = keep trying")
     connect_backoff_secs: float = Field(1.0, gt=0, description="first wait between attempts")

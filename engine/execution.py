@@ -7,9 +7,22 @@ await); and is the single consumer of broker reports: each report is applied to 
 only reports that changed something are published on the bus. So a duplicated fill from
 a broker stream never reaches the portfolio.
 
+Submission outcomes: a definite refusal (``BrokerRejected``, or anything the broker
+certainly did not take) becomes ``OrderRejected`` with the broker's code and message;
+an ambiguous one (``AmbiguousSubmission``, a timeout) is looked up by
+``client_order_id`` and never re-sent; any other exception from building or sending one
+order is looked up too and, when the broker does not have the order, becomes that
+order's rejection (``SUBMIT_FAILED``). The worker never dies of one order.
+
 Outbox policy: bounded (``outbox_size``). Orders are never dropped silently: when full,
 the order is rejected locally with reason ``BACKPRESSURE`` (an ``OrderRejected`` report),
 logged and counted, and the next signal can try again.
+
+Memory: open orders stay in ``orders``; terminal ones leave it once more than
+``retain_done`` orders have ended after them (they stay in the journal). An order asked
+for after that (a late broker report, a reconciliation, a re-used ``client_order_id``)
+is found through ``history`` (the journal, set by recovery) and taken back in, so
+de-duplication never depends on what is still in memory.
 
 Events published: ``OrderSubmitted``, and every broker ``OrderEvent`` that changed an order.
 """
@@ -17,11 +30,11 @@ Events published: ``OrderSubmitted``, and every broker ``OrderEvent`` that chang
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import structlog
 
@@ -56,6 +69,20 @@ from kernel.time import trading_day
 
 log = structlog.get_logger("engine.execution")
 
+SUBMIT_FAILED = "SUBMIT_FAILED"
+
+
+class OrderHistory(Protocol):
+    """Orders that left memory, on disk (the journal)."""
+
+    def known(self, client_order_id: str) -> bool:
+        """True if an order with this id was ever placed."""
+        ...
+
+    def load(self, client_order_id: str) -> Order | None:
+        """The order rebuilt from its journaled intent and events."""
+        ...
+
 
 class OrderManager:
     """Owns every order of the session. Enter it (``async with``) to run its worker."""
@@ -69,6 +96,8 @@ class OrderManager:
         submit_timeout: float = 30.0,
         outbox_size: int = 1024,
         on_intent: Callable[[OrderIntent], None] | None = None,
+        retain_done: int = 1000,
+        unknown_kept: int = 256,
     ) -> None:
         self._broker = broker
         self._clock = clock
@@ -86,15 +115,23 @@ class OrderManager:
         # Called with each intent before it goes to the broker (the journal writes it
         # durably here, so a crash after the broker call can still be resolved).
         self._on_intent = on_intent
+        self.history: OrderHistory | None = None
         self.orders: dict[str, Order] = {}
+        # Terminal orders still in memory, oldest first (evicted beyond ``retain_done``).
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._retain_done = retain_done
         # Open orders by symbol: sizing and the gate ask per symbol on the hot path, and
         # scanning every order of the session there would grow with the day.
         self._open: dict[str, dict[str, Order]] = {}
-        self.unknown_reports: list[OrderEvent] = []
+        # Reports for orders nobody placed: the newest few, for diagnosis (counted).
+        self.unknown_reports: deque[OrderEvent] = deque(maxlen=unknown_kept)
         self._day = ""
         self._per_symbol_today: Counter[str] = Counter()
         self.submitted_today = 0
         self.stats: Counter[str] = Counter()
+        # Fills applied per symbol (reconciliation tells a position that moved while it
+        # was reading the broker from one that drifted).
+        self.fills_applied: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -143,8 +180,9 @@ class OrderManager:
 
     def execute_submit(self, cmd: SubmitOrder) -> None:
         intent = cmd.intent
-        if intent.client_order_id in self.orders:
-            log.warning("order.duplicate_id", client_order_id=intent.client_order_id)
+        cid = intent.client_order_id
+        if cid in self.orders or (self.history is not None and self.history.known(cid)):
+            log.warning("order.duplicate_id", client_order_id=cid)
             self.stats["duplicate_id"] += 1
             return
         # Created now by the daemon's clock, not at the signal's (market data) time: broker
@@ -154,17 +192,17 @@ class OrderManager:
         self._count(intent)
         if len(self._outbox) >= self._outbox_size:
             self.stats["backpressure"] += 1
-            self._publish(OrderSubmitted(client_order_id=order.client_order_id, ts=intent.ts))
-            self.on_report(OrderRejected(client_order_id=order.client_order_id,
-                                         ts=self._clock.now(), reason="BACKPRESSURE"))
+            self._publish(OrderSubmitted(client_order_id=cid, ts=intent.ts))
+            self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
+                                         reason="BACKPRESSURE"))
             return
         if self._on_intent is not None:
             self._on_intent(intent)
-        log.info("order.submitted", client_order_id=order.client_order_id, symbol=order.symbol,
+        log.info("order.submitted", client_order_id=cid, symbol=order.symbol,
                  side=str(order.side), qty=order.qty, type=str(order.order_type),
                  reference_price=str(intent.reference_price),
                  signal_id=order.signal_id)
-        self._publish(OrderSubmitted(client_order_id=order.client_order_id, ts=intent.ts))
+        self._publish(OrderSubmitted(client_order_id=cid, ts=intent.ts))
         self._outbox.append(intent)
         self._idle.clear()
         self._wake.set()
@@ -189,12 +227,14 @@ class OrderManager:
         if not isinstance(event, OrderEvent):
             self._publish(event)
             return
-        order = self.orders.get(event.client_order_id)
+        order = self.find(event.client_order_id)
         if order is None:
             self.unknown_reports.append(event)
+            self.stats["unknown_report"] += 1
             log.warning("order.unknown_report", client_order_id=event.client_order_id,
                         event_type=type(event).__name__)
             return
+        was_open = order.is_open
         try:
             changed = order.apply(event)
         except InvalidOrderTransition as exc:
@@ -216,9 +256,39 @@ class OrderManager:
             return
         if not order.is_open:
             self._open.get(order.symbol, {}).pop(order.client_order_id, None)
+        elif not was_open:  # an abandoned order the broker had after all
+            self._done.pop(order.client_order_id, None)
+            self._open.setdefault(order.symbol, {})[order.client_order_id] = order
+            log.warning("order.landed_late", client_order_id=order.client_order_id,
+                        status=str(order.status))
         self._reported.set()
+        if isinstance(event, OrderFilled):
+            self.fills_applied[order.symbol] += 1
         self._log_report(order, event)
         self._publish(event)
+        if not order.is_open:
+            self._retire(order)
+
+    def find(self, client_order_id: str) -> Order | None:
+        """The order in memory, else rebuilt from the history and taken back in (a
+        report is about to change it)."""
+        order = self.orders.get(client_order_id)
+        if order is None and self.history is not None:
+            order = self.history.load(client_order_id)
+            if order is not None:
+                self.stats["reloaded"] += 1
+                log.info("order.reloaded", client_order_id=client_order_id,
+                         status=str(order.status))
+                self._track(order)
+        return order
+
+    def lookup(self, client_order_id: str) -> Order | None:
+        """The order in memory, else a copy rebuilt from the history, for a look only
+        (memory does not change; ``on_report`` takes it back in if it must change)."""
+        order = self.orders.get(client_order_id)
+        if order is None and self.history is not None:
+            order = self.history.load(client_order_id)
+        return order
 
     def adopt(self, order: Order) -> None:
         """Take over an order rebuilt elsewhere (recovery from the journal)."""
@@ -228,6 +298,20 @@ class OrderManager:
         self.orders[order.client_order_id] = order
         if order.is_open:
             self._open.setdefault(order.symbol, {})[order.client_order_id] = order
+        else:
+            self._retire(order)
+
+    def _retire(self, order: Order) -> None:
+        """An ended order stays in memory while ``retain_done`` later ones have not ended
+        (late reports for it are common then); after that only in the history."""
+        done = self._done
+        done[order.client_order_id] = None
+        done.move_to_end(order.client_order_id)
+        while len(done) > self._retain_done:
+            cid, _ = done.popitem(last=False)
+            old = self.orders.get(cid)
+            if old is not None and not old.is_open:
+                del self.orders[cid]
 
     # -- views for sizing and the gate ---------------------------------------------------
 
@@ -289,10 +373,11 @@ class OrderManager:
                      client_order_id=order.client_order_id, symbol=order.symbol,
                      side=str(order.side), qty=f.qty, price=str(f.price),
                      filled_qty=order.filled_qty, order_qty=order.qty,
-                     execution_id=f.execution_id)
+                     cum_qty=f.cum_qty, execution_id=f.execution_id)
         elif isinstance(event, OrderRejected):
+            self.stats["rejected"] += 1
             log.warning("order.rejected", client_order_id=order.client_order_id,
-                        symbol=order.symbol, reason=event.reason)
+                        symbol=order.symbol, reason=event.reason, code=event.code)
         elif isinstance(event, OrderAccepted | OrderNew):
             log.debug("order.acknowledged", client_order_id=order.client_order_id,
                       status=str(order.status))
@@ -349,8 +434,7 @@ class OrderManager:
             async with asyncio.timeout(self._timeout):
                 await self._broker.submit(intent)
         except BrokerRejected as exc:
-            self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
-                                         reason=str(exc)))
+            self._reject(cid, str(exc), exc.code)
         except (AmbiguousSubmission, TimeoutError) as exc:
             self.stats["ambiguous"] += 1
             log.warning("order.ambiguous", client_order_id=cid, error=repr(exc))
@@ -358,8 +442,25 @@ class OrderManager:
         except BrokerError as exc:
             # Certainly not at the broker (e.g. unavailable before sending): reject
             # locally; the next signal may try again with a new intent.
-            self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
-                                         reason=f"broker error: {exc}"))
+            self._reject(cid, f"broker error: {exc}", exc.code)
+        except Exception as exc:  # one order's bug must not kill the worker
+            await self._submit_failed(cid, exc)
+
+    async def _submit_failed(self, cid: str, exc: Exception) -> None:
+        """An exception outside the broker error tree: the order may or may not have been
+        sent, so look it up; the broker not having it makes it this order's rejection."""
+        self.stats["submit_failed"] += 1
+        log.error("order.submit_failed", client_order_id=cid, error=repr(exc), exc_info=exc)
+        found, certain = await self._lookup(cid)
+        if found is not None:
+            self._adopt_snapshot(cid, found)
+        elif certain:
+            self._reject(cid, f"{SUBMIT_FAILED}: {type(exc).__name__}: {exc}"[:300], None)
+        # else: unknown, stays in flight; reconciliation adopts or abandons it
+
+    def _reject(self, cid: str, reason: str, code: int | None) -> None:
+        self.on_report(OrderRejected(client_order_id=cid, ts=self._clock.now(),
+                                     reason=reason, code=code))
 
     async def resolve(self, client_order_id: str) -> BrokerOrder | None:
         """Look an in-flight order up at the broker and adopt what the broker says.
@@ -367,18 +468,25 @@ class OrderManager:
         Never re-sends: an order the broker does not know stays in flight until
         reconciliation marks it abandoned.
         """
-        try:
-            async with asyncio.timeout(self._timeout):
-                found = await self._broker.get_order(client_order_id)
-        except (BrokerError, TimeoutError) as exc:
-            log.warning("order.lookup_failed", client_order_id=client_order_id, error=repr(exc))
-            return None
+        found, _ = await self._lookup(client_order_id)
         if found is not None:
-            for event in reports_for(found, self.orders.get(client_order_id), self._clock.now()):
-                self.on_report(event)
+            self._adopt_snapshot(client_order_id, found)
         log.info("order.resolved", client_order_id=client_order_id,
                  found=found is not None, status=str(found.status) if found else None)
         return found
+
+    async def _lookup(self, cid: str) -> tuple[BrokerOrder | None, bool]:
+        """The broker's order and whether the answer is certain (False: lookup failed)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._broker.get_order(cid), True
+        except (BrokerError, TimeoutError) as exc:
+            log.warning("order.lookup_failed", client_order_id=cid, error=repr(exc))
+            return None, False
+
+    def _adopt_snapshot(self, cid: str, found: BrokerOrder) -> None:
+        for event in reports_for(found, self.orders.get(cid), self._clock.now()):
+            self.on_report(event)
 
 
 def reports_for(found: BrokerOrder, order: Order | None, ts: datetime) -> Iterable[OrderEvent]:
@@ -394,3 +502,6 @@ def reports_for(found: BrokerOrder, order: Order | None, ts: datetime) -> Iterab
             out.append(OrderNew(client_order_id=cid, ts=ts,
                                 broker_order_id=found.broker_order_id))
     return out
+
+
+__all__ = ["SUBMIT_FAILED", "OrderHistory", "OrderManager", "reports_for"]

@@ -22,7 +22,9 @@ Durability policy (the file is in WAL mode with ``synchronous=FULL``):
   one fsync, not ten, and no intent ever reaches the broker before it is on disk. A crash
   after the broker call can therefore always be resolved by looking the order up by
   ``client_order_id``.
-  ``TradingStateChanged`` and ``BooksSnapshot`` rows are written the same way.
+  ``TradingStateChanged``, ``ExecutionModeChanged``, ``ApprovalPending``,
+  ``ApprovalResolved`` and ``BooksSnapshot`` rows are written the same way: state a
+  restart must not forget.
 * **Everything else** is buffered and committed every ``batch_rows`` rows or every
   ``flush_interval`` seconds, whichever comes first, and on close. A SIGKILL can lose
   the last fraction of a second of such rows (acks, fills); recovery gets them back from
@@ -33,7 +35,9 @@ the log scrubber as a last line of defence.
 
 Events subscribed with ``attach``: ``SignalBatch`` (one ``Signal`` row per signal),
 ``SignalRejected``, ``OrderDenied``, ``OrderApproved``, every ``OrderEvent``,
-``TradingStateChanged``, ``AlertRaised``, ``BrokerStatusChanged``, ``ShutdownRequested``.
+``TradingStateChanged``, ``ExecutionModeChanged``, ``ApprovalPending``,
+``ApprovalResolved``, ``AlertRaised``, ``BrokerStatusChanged``,
+``ReconciliationChanged``, ``ShutdownRequested``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,13 +62,17 @@ from kernel.bus import Bus
 from kernel.clock import Clock, WallClock
 from kernel.events import (
     AlertRaised,
+    ApprovalPending,
+    ApprovalResolved,
     BrokerStatusChanged,
     Event,
+    ExecutionModeChanged,
     OrderApproved,
     OrderDenied,
     OrderEvent,
     OrderFilled,
     OrderIntent,
+    ReconciliationChanged,
     ShutdownRequested,
     SignalBatch,
     SignalRejected,
@@ -103,7 +112,8 @@ def _is_frozen(payload: Any) -> bool:
     return params is not None and params.frozen
 
 # Rows that are committed (fsynced) at once rather than batched.
-_DURABLE_EVENTS = (TradingStateChanged,)
+_DURABLE_EVENTS = (TradingStateChanged, ExecutionModeChanged, ApprovalPending,
+                   ApprovalResolved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +157,8 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._buffer: list[_Pending] = []
         self._flush_soon = False
-        self._symbols: dict[str, str] = {}  # client_order_id -> symbol, to label acks
+        # client_order_id -> symbol of recent orders, to label acks (older ones: the file)
+        self._symbols: OrderedDict[str, str] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._group_commit = group_commit
         self._owed = 0  # intents buffered but not yet fsynced (group commit)
@@ -175,10 +186,7 @@ class Journal:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db = db
         self.flush()  # facts published before the journal opened (e.g. a kill switch)
-        for cid, sym in db.execute("SELECT client_order_id, symbol FROM journal "
-                                   "WHERE type='OrderIntent'"):
-            self._symbols[cid] = sym
-        log.info("journal.opened", path=str(self.path), orders=len(self._symbols))
+        log.info("journal.opened", path=str(self.path))
         return self
 
     def close(self) -> None:
@@ -230,7 +238,7 @@ class Journal:
     ) -> None:
         """Add a row; ``durable`` commits it (and all buffered rows) with an fsync now."""
         if symbol is None and client_order_id is not None:
-            symbol = self._symbols.get(client_order_id)
+            symbol = self._symbol_of(client_order_id)
         when = ts or self._clock.now()
         # Frozen events are encoded when the buffer is written, off the bar-to-order path;
         # anything mutable is encoded now, as it is at this moment.
@@ -260,7 +268,7 @@ class Journal:
         """The ``OrderManager`` ``on_intent`` hook: journal the intent durably (fsync)
         before the broker sees it. A failure here raises, so the order is never sent."""
         self._require()  # an intent that cannot be journaled must not reach the broker
-        self._symbols[intent.client_order_id] = intent.symbol
+        self._remember(intent.client_order_id, intent.symbol)
         # Stamped with the clock at submission (``Order.created_ts``), not the signal's time.
         self.append("OrderIntent", intent, ts=self._clock.now(),
                     client_order_id=intent.client_order_id, symbol=intent.symbol,
@@ -313,7 +321,9 @@ class Journal:
         """Subscribe to every event that changes state (see the module doc)."""
         bus.subscribe(SignalBatch, self._on_signals)
         for et in (SignalRejected, OrderDenied, OrderApproved, OrderEvent,
-                   TradingStateChanged, AlertRaised, BrokerStatusChanged, ShutdownRequested):
+                   TradingStateChanged, ExecutionModeChanged, ApprovalPending,
+                   ApprovalResolved, AlertRaised, BrokerStatusChanged,
+                   ReconciliationChanged, ShutdownRequested):
             bus.subscribe(et, self.on_event)
 
     def _on_signals(self, batch: SignalBatch) -> None:
@@ -329,6 +339,10 @@ class Journal:
             if isinstance(event, OrderFilled):
                 symbol = event.fill.symbol
         ts = getattr(event, "ts", None)
+        if isinstance(event, ApprovalPending):
+            cid, symbol = event.intent.client_order_id, event.intent.symbol
+        elif isinstance(event, ApprovalResolved):
+            cid = event.client_order_id
         if isinstance(event, OrderDenied | OrderApproved):
             cid, symbol = event.intent.client_order_id, event.intent.symbol
             ts = self._clock.now()
@@ -351,7 +365,10 @@ class Journal:
         sql = "SELECT seq, ts, type, client_order_id, symbol, payload FROM journal WHERE seq > ?"
         args: list[Any] = [after_seq]
         if types:
-            sql += f" AND type IN ({','.join('?' * len(types))})"
+            # With an order id, its own index is the selective one: "+type" keeps
+            # SQLite from scanning the (type, seq) index of every row of those types.
+            col = "+type" if client_order_id is not None else "type"
+            sql += f" AND {col} IN ({','.join('?' * len(types))})"
             args += types
         if client_order_id is not None:
             sql += " AND client_order_id = ?"
@@ -399,8 +416,41 @@ class Journal:
             "GROUP BY 1 ORDER BY 1", (path, type_))}
 
     def client_order_ids(self) -> set[str]:
-        """Every order id the journal has an intent for."""
-        return set(self._symbols)
+        """Every order id the journal has an intent for (a tool's query: not bounded)."""
+        self.flush()
+        return {cid for (cid,) in self._require().execute(
+            "SELECT client_order_id FROM journal WHERE type = 'OrderIntent'")}
+
+    def has_intent(self, client_order_id: str) -> bool:
+        """True if an intent with this id was ever journaled (an index lookup)."""
+        if client_order_id in self._symbols:
+            return True
+        if any(t == "OrderIntent" and cid == client_order_id
+               for _, t, cid, _, _ in self._buffer):
+            return True
+        got = self._require().execute(
+            "SELECT 1 FROM journal WHERE client_order_id = ? AND +type = 'OrderIntent' LIMIT 1",
+            (client_order_id,)).fetchone()
+        return got is not None
+
+    _SYMBOLS_KEPT = 4096
+
+    def _remember(self, client_order_id: str, symbol: str) -> None:
+        self._symbols[client_order_id] = symbol
+        self._symbols.move_to_end(client_order_id)
+        while len(self._symbols) > self._SYMBOLS_KEPT:
+            self._symbols.popitem(last=False)
+
+    def _symbol_of(self, client_order_id: str) -> str | None:
+        sym = self._symbols.get(client_order_id)
+        if sym is None and self._db is not None:
+            got = self._db.execute(
+                "SELECT symbol FROM journal WHERE client_order_id = ? AND +type = 'OrderIntent' "
+                "LIMIT 1", (client_order_id,)).fetchone()
+            if got is not None and got[0] is not None:
+                sym = str(got[0])
+                self._remember(client_order_id, sym)
+        return sym
 
 
 __all__ = ["JOURNAL_FILE", "Journal", "JournalRow"]

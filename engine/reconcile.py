@@ -1,9 +1,12 @@
 """Reconciliation: compare the daemon's books with the broker and settle every difference.
 
-Runs at start (after journal recovery, before any signal is accepted), on every
-``ReconcileTick``, and after every ``BrokerStatusChanged(status="recovering")`` from a
-broker adapter (a reconnected stream does not replay what it missed). Each difference
-is classified:
+The one reconciliation authority: broker adapters only report what they see (stream
+events, ``BrokerStatusChanged``, ``ReconcileRequested``) and answer queries; what to book
+from REST and what counts as drift is decided here. Runs at start (after journal
+recovery, before any signal is accepted), on every ``ReconcileTick``, after every
+``BrokerStatusChanged(RECOVERING)`` from an adapter (a reconnected stream does not
+replay what it missed), and shortly after a ``ReconcileRequested`` (an adapter saw the
+broker report more filled than its stream delivered). Each difference is classified:
 
 * **in flight**: expected and transient (an order just sent, a fill the stream has not
   delivered yet, a position that moves between two REST calls); re-checked next time.
@@ -12,44 +15,63 @@ is classified:
   portfolio books it and the journal records it: a fill that happened while the daemon
   was down, a missed acknowledgement or cancel, an unacknowledged intent the broker
   never received (marked ``OrderAbandoned``, never re-sent).
+
+Fills are identified by (order, cumulative filled quantity after the fill), never by
+execution id alone: the same execution carries different ids on the stream and in the
+broker's fill list. An order's fills are applied in cumulative order, and never beyond
+the broker's own cumulative ``filled_qty`` for the order (a fill listed before the
+order shows it is in flight, applied on a later pass).
 * **unexplained drift**: a position or cash amount the books cannot account for, or an
   order/fill the daemon never placed. It is logged as ``reconcile.drift`` with both
   sides' numbers, an ``AlertRaised`` is published, trading moves to ``HALTED`` (position
-  drift, unknown fills) or ``REDUCING`` (cash drift, unknown open orders) with a
-  ``TradingStateChanged``, and then the broker's positions and cash are adopted: the
+  drift, unknown fills) or ``REDUCING`` (cash drift, unknown open orders) through
+  ``TradingStatus.escalate``, and then the broker's positions and cash are adopted: the
   broker is the source of truth.
 
 Readiness: ``ready`` is False until the start reconciliation has succeeded, and again
-from every ``recovering`` broker status until the reconciliation it triggers succeeds.
-Each change is published as ``BrokerStatusChanged(status="recovering"|"ready",
-detail="reconcile: ...")``; the gate denies with ``RECONCILING`` while not ready.
+from every ``RECOVERING`` broker status until the reconciliation it triggers succeeds.
+Each change is published as ``ReconciliationChanged``; the gate denies with
+``RECONCILING`` while not ready.
 
-Events published: ``BrokerStatusChanged``, ``AlertRaised``, ``TradingStateChanged``, and
-(through the order manager) the ``OrderEvent``s that settle explained differences.
+Events published: ``ReconciliationChanged``, ``AlertRaised``, ``TradingStateChanged``
+(via ``TradingStatus``), and (through the order manager) the ``OrderEvent``s that settle
+explained differences.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import structlog
 
-from engine.codec import encode
 from engine.execution import OrderManager, reports_for
 from engine.journal import Journal
+from engine.reconcile_report import (
+    CASH_TOLERANCE,
+    EXPLAINED,
+    IN_FLIGHT,
+    UNEXPLAINED,
+    Difference,
+    ReconcileReport,
+    Snapshot,
+    books_snapshot,
+    cumulative_order,
+    fill_of,
+)
 from kernel.broker import Broker, BrokerFill, BrokerOrder
 from kernel.bus import Bus
 from kernel.clock import Clock
 from kernel.errors import BrokerError
 from kernel.events import (
     AlertRaised,
+    BrokerStatus,
     BrokerStatusChanged,
     Event,
     OrderAbandoned,
@@ -57,20 +79,21 @@ from kernel.events import (
     OrderEvent,
     OrderExpired,
     OrderFilled,
+    OrderNew,
     OrderRejected,
     OrderReplaced,
+    ReconcileRequested,
     ReconcileTick,
-    TradingStateChanged,
+    ReconciliationChanged,
+    TradingState,
 )
-from kernel.model import AccountSnapshot, BrokerPosition, Fill, Position
+from kernel.model import AccountSnapshot, Position
 from kernel.orders import TERMINAL, Order, OrderStatus
 from portfolio import Portfolio
+from risk.state import TradingStatus
 
 log = structlog.get_logger("engine.reconcile")
 
-IN_FLIGHT, EXPLAINED, UNEXPLAINED = "in_flight", "explained", "unexplained"
-CASH_TOLERANCE = Decimal("0.01")
-_STATE_RANK = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 _TERMINAL_EVENT: dict[OrderStatus, Callable[[str, datetime], OrderEvent]] = {
     OrderStatus.CANCELED: lambda cid, ts: OrderCanceled(cid, ts, reason="canceled at broker"),
     OrderStatus.EXPIRED: OrderExpired,
@@ -79,51 +102,16 @@ _TERMINAL_EVENT: dict[OrderStatus, Callable[[str, datetime], OrderEvent]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One difference between the books and the broker, and how it was settled."""
-
-    kind: str  # in_flight | explained | unexplained
-    what: str  # missed_fill, missed_ack, missed_status, abandoned, position, cash, ...
-    client_order_id: str | None = None
-    symbol: str | None = None
-    local: Any = None
-    broker: Any = None
-    note: str = ""
-
-
-@dataclass(slots=True)
-class ReconcileReport:
-    """What one reconciliation found (journaled as a ``ReconcileResult`` row)."""
-
-    reason: str
-    ts: datetime
-    differences: list[Difference] = field(default_factory=list)
-    ok: bool = True
-
-    def of(self, kind: str) -> list[Difference]:
-        return [d for d in self.differences if d.kind == kind]
-
-    def add(self, kind: str, what: str, **kw: Any) -> None:
-        self.differences.append(Difference(kind, what, **kw))
-
-    def payload(self) -> dict[str, Any]:
-        return {"reason": self.reason, "ok": self.ok,
-                "counts": {k: len(self.of(k)) for k in (IN_FLIGHT, EXPLAINED, UNEXPLAINED)},
-                "differences": encode(self.differences)}
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    open_orders: dict[str, BrokerOrder]
-    fills: list[BrokerFill]
-    positions: dict[str, BrokerPosition]
-    account: AccountSnapshot
-
-
 class Reconciler:
     """Settles differences with the broker (see the module doc). Enter it (``async
-    with``) to own its background task; ``await reconcile(...)`` runs one pass."""
+    with``) to own its background task; ``await reconcile(...)`` runs one pass.
+
+    Args:
+        state: the trading state it escalates on drift (``TradingStatus.escalate``);
+            None in tools and tests that only look.
+        request_delay: how long a ``ReconcileRequested`` waits first (the stream often
+            delivers what was missing a moment later).
+    """
 
     def __init__(
         self,
@@ -134,11 +122,12 @@ class Reconciler:
         clock: Clock,
         publish: Callable[[Event], None],
         journal: Journal | None = None,
-        trading_state: Callable[[], str] = lambda: "ACTIVE",
+        state: TradingStatus | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         grace_secs: float = 30.0,
         confirm_delay: float = 0.5,
         drain_timeout: float = 5.0,
+        request_delay: float = 0.5,
     ) -> None:
         self._broker = broker
         self._orders = orders
@@ -146,19 +135,23 @@ class Reconciler:
         self._clock = clock
         self._publish = publish
         self._journal = journal
-        self._trading_state = trading_state
+        self._state = state
         self._on_failure = on_failure
         self._grace = timedelta(seconds=grace_secs)
         self._confirm_delay = confirm_delay
         self._drain_timeout = drain_timeout
+        self._request_delay = request_delay
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._own: list[Event] = []
         self._gate_pending = False
+        self._rerun: str | None = None  # a request that arrived during a pass
         # Unacknowledged orders the broker did not know at the previous pass.
         self._unknown_before: set[str] = set()
         self._unknown_next: set[str] = set()
         self._last_ts: datetime | None = None
+        # Told every account snapshot of a successful pass (recovery connects the equity
+        # marks: the broker's start-of-day equity is the base of the daily loss limit).
+        self.on_account: Callable[[AccountSnapshot], None] | None = None
         self.ready = False
         self.runs = 0
         self.last_report: ReconcileReport | None = None
@@ -179,28 +172,39 @@ class Reconciler:
     def attach(self, bus: Bus) -> None:
         bus.subscribe(ReconcileTick, self.on_tick)
         bus.subscribe(BrokerStatusChanged, self.on_broker_status)
+        bus.subscribe(ReconcileRequested, self.on_request)
 
     def on_tick(self, tick: ReconcileTick) -> None:
         self._schedule("tick", gate=self._gate_pending)
 
     def on_broker_status(self, event: BrokerStatusChanged) -> None:
-        if any(event is own for own in self._own):
-            self._own = [e for e in self._own if e is not event]
-            return
-        if event.status == "recovering":
-            self._set_ready(False, f"broker {event.status}: {event.detail}")
+        if event.status == BrokerStatus.RECOVERING:
+            self._set_ready(False, f"broker {event.broker} {event.status}: {event.detail}")
             self._schedule("broker_recovering", gate=True)
 
-    def _schedule(self, reason: str, *, gate: bool) -> None:
+    def on_request(self, event: ReconcileRequested) -> None:
+        log.info("reconcile.requested", who=event.who, why=event.why,
+                 client_order_id=event.client_order_id)
+        self._schedule("requested", gate=False, delay=self._request_delay)
+
+    def _schedule(self, reason: str, *, gate: bool, delay: float = 0.0) -> None:
         if self._task is not None and not self._task.done():
             self._gate_pending = self._gate_pending or gate
+            if reason != "tick":
+                self._rerun = reason  # what it wants may have happened after the pass read
             log.debug("reconcile.busy", reason=reason)
             return
-        self._task = asyncio.create_task(self._run(reason, gate), name="reconcile.run")
+        self._task = asyncio.create_task(self._run(reason, gate, delay), name="reconcile.run")
 
-    async def _run(self, reason: str, gate: bool) -> None:
+    async def _run(self, reason: str, gate: bool, delay: float) -> None:
         try:
-            await self.reconcile(reason, gate=gate)
+            while True:
+                if delay:
+                    await asyncio.sleep(delay)
+                await self.reconcile(reason, gate=gate)
+                if self._rerun is None:
+                    return
+                reason, gate, delay, self._rerun = self._rerun, False, self._request_delay, None
         except (BrokerError, TimeoutError):
             pass  # logged by reconcile; retried on the next tick
         except Exception as exc:
@@ -234,6 +238,8 @@ class Reconciler:
             self._last_ts = report.ts
             self.last_report = report
             self._record(report)
+            if self.on_account is not None and report.account is not None:
+                self.on_account(report.account)
             if gate or self._gate_pending or not self.ready:
                 self._gate_pending = False
                 self._set_ready(True, reason)
@@ -248,15 +254,17 @@ class Reconciler:
         self._unknown_next = set()
         self._settle_acks(views, report, startup=startup)  # acks first: they carry ids
         self._unknown_before = self._unknown_next
-        self._apply_fills(snap.fills, report)
+        await self._apply_fills(snap.fills, views, report)
         self._settle_statuses(views, report)
         drift = self._compare_books(snap)
         if drift:
-            # A fill between two REST calls looks like drift: look again before judging.
+            # A fill between two REST calls looks like drift: look again before judging,
+            # and not at what traded while the broker was being read.
             await asyncio.sleep(self._confirm_delay)
+            before = Counter(self._orders.fills_applied)
             snap = await self._snapshot()
-            self._apply_fills(snap.fills, report)
-            confirmed = self._compare_books(snap)
+            await self._apply_fills(snap.fills, views, report)
+            confirmed = [d for d in self._compare_books(snap) if not self._moved(d, before)]
             for d in drift:
                 if not any(c.what == d.what and c.symbol == d.symbol for c in confirmed):
                     report.add(IN_FLIGHT, d.what, symbol=d.symbol, local=d.local,
@@ -264,15 +272,18 @@ class Reconciler:
             if confirmed:
                 report.ok = False
                 self._on_drift(confirmed, snap, report)
+        report.account = snap.account
 
-    async def _snapshot(self) -> _Snapshot:
+    async def _snapshot(self) -> Snapshot:
         b = self._broker
         since = self._fills_since()
-        open_orders = await b.open_orders()
+        # Fills before orders: an order read after its fills shows at least their total,
+        # so a fill is never held back as beyond the order's cumulative quantity.
         fills = await b.fills_since(since)
+        open_orders = await b.open_orders()
         positions = await b.positions()
         account = await b.account()
-        return _Snapshot({o.client_order_id: o for o in open_orders}, fills,
+        return Snapshot({o.client_order_id: o for o in open_orders}, fills,
                          {p.symbol: p for p in positions if p.qty}, account)
 
     def _fills_since(self) -> datetime:
@@ -284,38 +295,72 @@ class Reconciler:
 
     # -- fills and orders ----------------------------------------------------------------
 
-    def _apply_fills(self, fills: list[BrokerFill], report: ReconcileReport) -> None:
-        for bf in sorted(fills, key=lambda f: (f.ts, f.execution_id)):
-            order = self._orders.orders.get(bf.client_order_id)
-            if order is not None and bf.execution_id in order.execution_ids:
-                continue
+    async def _apply_fills(self, fills: list[BrokerFill], views: dict[str, BrokerOrder | None],
+                           report: ReconcileReport) -> None:
+        """Book the fills the books lack, per order in cumulative order, capped at the
+        broker's cumulative ``filled_qty`` for that order."""
+        by_order: dict[str, list[BrokerFill]] = {}
+        for bf in fills:
+            by_order.setdefault(bf.client_order_id, []).append(bf)
+        for cid, group in by_order.items():
+            order = self._orders.lookup(cid)
             if order is None:
-                report.add(UNEXPLAINED, "unknown_fill", client_order_id=bf.client_order_id,
-                           symbol=bf.symbol, broker=bf, note="a fill for an order never placed")
+                for bf in group:
+                    report.add(UNEXPLAINED, "unknown_fill", client_order_id=cid,
+                               symbol=bf.symbol, broker=bf, note="a fill for an order never placed")
                 continue
-            before = order.filled_qty
-            fill = Fill(bf.execution_id, bf.client_order_id, bf.symbol, bf.side, bf.qty,
-                        bf.price, bf.ts, commission=bf.commission)
-            self._orders.on_report(OrderFilled(bf.client_order_id, bf.ts, fill=fill))
-            if order.filled_qty == before:
-                report.add(UNEXPLAINED, "fill_not_applied", client_order_id=order.client_order_id,
-                           symbol=bf.symbol, local=str(order.status), broker=bf,
-                           note="the order could not take this fill")
+            missing = sorted((bf for bf in group if not order.has_fill(fill_of(bf))),
+                             key=cumulative_order)
+            if not missing:
                 continue
-            log.info("reconcile.missed_fill", client_order_id=bf.client_order_id,
-                     symbol=bf.symbol, qty=bf.qty, price=str(bf.price),
-                     execution_id=bf.execution_id)
-            report.add(EXPLAINED, "missed_fill", client_order_id=bf.client_order_id,
-                       symbol=bf.symbol, broker=bf)
+            order = self._orders.find(cid) or order  # about to change: into memory
+            cap = await self._broker_filled(cid, views)
+            for bf in missing:
+                self._book_fill(order, bf, cap, report)
 
-    async def _broker_views(self, snap: _Snapshot,
+    async def _broker_filled(self, cid: str, views: dict[str, BrokerOrder | None]) -> int | None:
+        """The broker's cumulative filled quantity of an order (None: it does not say)."""
+        bo = views.get(cid)
+        if bo is None:
+            bo = await self._broker.get_order(cid)
+        return bo.filled_qty if bo is not None else None
+
+    def _book_fill(self, order: Order, bf: BrokerFill, cap: int | None,
+                   report: ReconcileReport) -> None:
+        cid = order.client_order_id
+        end = bf.cum_qty if bf.cum_qty is not None else order.filled_qty + bf.qty
+        if cap is not None and end > cap:
+            report.add(IN_FLIGHT, "fill_beyond_cumulative", client_order_id=cid,
+                       symbol=bf.symbol, local=order.filled_qty, broker=cap,
+                       note=f"a fill ending at {end} listed before the order shows it")
+            return
+        before = order.filled_qty
+        self._orders.on_report(OrderFilled(cid, bf.ts, fill=fill_of(bf)))
+        if order.filled_qty == before:
+            report.add(UNEXPLAINED, "fill_not_applied", client_order_id=cid,
+                       symbol=bf.symbol, local=str(order.status), broker=bf,
+                       note="the order could not take this fill")
+            return
+        log.info("reconcile.missed_fill", client_order_id=cid, symbol=bf.symbol, qty=bf.qty,
+                 price=str(bf.price), cum_qty=bf.cum_qty, execution_id=bf.execution_id)
+        report.add(EXPLAINED, "missed_fill", client_order_id=cid, symbol=bf.symbol, broker=bf)
+
+    async def _broker_views(self, snap: Snapshot,
                             report: ReconcileReport) -> dict[str, BrokerOrder | None]:
         """The broker's view of every order open in the books (None: it has none)."""
         for cid, theirs in snap.open_orders.items():
-            if cid not in self._orders.orders:
+            order = self._orders.lookup(cid)
+            if order is None:
                 report.add(UNEXPLAINED, "unknown_order", client_order_id=cid,
                            symbol=theirs.symbol, broker=theirs,
                            note="an open order the daemon never placed")
+            elif order.status is OrderStatus.ABANDONED:
+                # Its request landed after the order was given up (a killed daemon's
+                # POST still on its way): the broker has it, so the books do too.
+                self._orders.on_report(OrderNew(cid, self._clock.now(),
+                                                broker_order_id=theirs.broker_order_id))
+                report.add(EXPLAINED, "landed_late", client_order_id=cid, symbol=theirs.symbol,
+                           broker=str(theirs.status), note="abandoned, yet at the broker")
         views: dict[str, BrokerOrder | None] = {}
         for order in self._orders.open_orders():
             cid = order.client_order_id
@@ -338,8 +383,8 @@ class Reconciler:
     def _settle_statuses(self, views: dict[str, BrokerOrder | None],
                          report: ReconcileReport) -> None:
         for cid, bo in views.items():
-            order = self._orders.orders[cid]
-            if bo is not None and order.is_open:
+            order = self._orders.orders.get(cid)
+            if bo is not None and order is not None and order.is_open:
                 self._settle(order, bo, report)
 
     def _missing(self, order: Order, report: ReconcileReport, *, startup: bool) -> None:
@@ -374,7 +419,16 @@ class Reconciler:
 
     # -- books ---------------------------------------------------------------------------
 
-    def _compare_books(self, snap: _Snapshot) -> list[Difference]:
+    def _moved(self, d: Difference, before: Counter[str]) -> bool:
+        """The books changed under the comparison: fills were applied while the broker
+        was read (their REST view and the books are of different moments), or orders
+        are working in that symbol. It is looked at again on the next pass."""
+        now = self._orders.fills_applied
+        if d.symbol is None:  # cash: any fill moves it
+            return now != before or bool(self._orders.open_orders())
+        return now[d.symbol] != before[d.symbol] or bool(self._orders.open_orders(d.symbol))
+
+    def _compare_books(self, snap: Snapshot) -> list[Difference]:
         p = self._portfolio
         out: list[Difference] = []
         for sym in sorted(set(snap.positions) | {s for s, v in p.positions.items() if v.qty}):
@@ -388,7 +442,7 @@ class Reconciler:
                                   broker=str(snap.account.cash)))
         return out
 
-    def _on_drift(self, drift: list[Difference], snap: _Snapshot,
+    def _on_drift(self, drift: list[Difference], snap: Snapshot,
                   report: ReconcileReport) -> None:
         for d in drift:
             log.error("reconcile.drift", what=d.what, symbol=d.symbol, books=d.local,
@@ -396,13 +450,13 @@ class Reconciler:
             report.differences.append(d)
         positions = any(d.what == "position" for d in drift) or any(
             d.what in ("unknown_fill", "fill_not_applied") for d in report.of(UNEXPLAINED))
-        self._escalate("HALTED" if positions else "REDUCING",
+        self._escalate(TradingState.HALTED if positions else TradingState.REDUCING,
                        "reconcile.drift: " + ", ".join(
                            f"{d.what} {d.symbol or ''} books={d.local} broker={d.broker}"
                            for d in drift))
         self._adopt(snap)
 
-    def _adopt(self, snap: _Snapshot) -> None:
+    def _adopt(self, snap: Snapshot) -> None:
         """The broker is the source of truth: take its positions and cash (keeping the
         realized P&L the books have per symbol)."""
         p = self._portfolio
@@ -417,14 +471,11 @@ class Reconciler:
         log.warning("reconcile.adopted", cash=str(p.cash),
                     positions={s: v.qty for s, v in p.positions.items() if v.qty})
 
-    def _escalate(self, new: str, why: str) -> None:
-        old = self._trading_state()
-        now = self._clock.now()
-        self._publish(AlertRaised(name="reconcile.drift", severity="critical", ts=now,
-                                  detail={"why": why, "state": new}))
-        if _STATE_RANK.get(new, 0) > _STATE_RANK.get(old, 0):
-            self._publish(TradingStateChanged(old=old, new=new, who="reconcile", why=why,
-                                              ts=now))
+    def _escalate(self, new: TradingState, why: str) -> None:
+        self._publish(AlertRaised(name="reconcile.drift", severity="critical",
+                                  ts=self._clock.now(), detail={"why": why, "state": str(new)}))
+        if self._state is not None:
+            self._state.escalate(new, who="reconcile", why=why)
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -432,7 +483,7 @@ class Reconciler:
         unexplained = report.of(UNEXPLAINED)
         if unexplained and report.ok:
             # Unknown orders and the like: not drift in the books, but not ours either.
-            self._escalate("REDUCING", "reconcile: " + ", ".join(
+            self._escalate(TradingState.REDUCING, "reconcile: " + ", ".join(
                 f"{d.what} {d.client_order_id}" for d in unexplained))
         counts = {k: len(report.of(k)) for k in (IN_FLIGHT, EXPLAINED, UNEXPLAINED)}
         log.info("reconcile.done", reason=report.reason, ok=report.ok, **counts)
@@ -449,26 +500,8 @@ class Reconciler:
         if ready == self.ready and not ready:
             return
         self.ready = ready
-        event = BrokerStatusChanged(broker=f"{self._broker.name}:reconcile",
-                                    status="ready" if ready else "recovering",
-                                    ts=self._clock.now(), detail=f"reconcile: {why}")
-        self._own.append(event)
         log.info("reconcile.ready" if ready else "reconcile.recovering", why=why)
-        self._publish(event)
-
-
-def books_snapshot(portfolio: Portfolio) -> dict[str, Any]:
-    """The portfolio's state as a journal payload (restored by recovery)."""
-    return {
-        "cash": str(portfolio.cash),
-        "commissions": str(portfolio.commissions),
-        "fill_count": portfolio.fill_count,
-        "positions": {s: {"qty": p.qty, "avg_price": str(p.avg_price),
-                          "realized_pnl": str(p.realized_pnl)}
-                      for s, p in portfolio.positions.items() if p.qty or p.realized_pnl},
-        "prices": {s: portfolio.last_price[s] for s, p in portfolio.positions.items()
-                   if p.qty and s in portfolio.last_price},
-    }
+        self._publish(ReconciliationChanged(ready=ready, why=why, ts=self._clock.now()))
 
 
 __all__ = ["Difference", "ReconcileReport", "Reconciler", "books_snapshot"]

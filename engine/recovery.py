@@ -3,14 +3,19 @@
 At start, before any signal is accepted:
 
 1. **Orders** are rebuilt from their journaled intents and every order event after them,
-   through ``Order.apply`` (so fills are de-duplicated by execution id), and handed to
-   the ``OrderManager`` (``adopt``). A replayed signal therefore finds its deterministic
-   ``client_order_id`` already known and is never sent twice.
+   through ``Order.apply`` (so fills are de-duplicated), reading the journal as a stream:
+   the open orders and the ``retain_done`` most recently ended ones are handed to the
+   ``OrderManager`` (``adopt``); older ones stay on disk, where the order manager finds
+   them through ``JournalHistory`` when asked. A replayed signal therefore finds its
+   deterministic ``client_order_id`` known and is never sent twice, and memory does not
+   grow with the journal.
 2. **Books** (cash, positions with average cost and realized P&L, commissions, last
    prices) come from the newest ``BooksSnapshot`` plus every fill journaled after it.
 3. **Counters**: orders today per symbol, start-of-day and peak equity (from the newest
-   ``EquityMark``), the trading state (newest ``TradingStateChanged``), the session
-   counters of ``tradingd status``, and the replay clock.
+   ``EquityMark``), the trading state (newest ``TradingStateChanged``), the execution
+   mode (newest ``ExecutionModeChanged``) and the approvals still waiting
+   (``ApprovalPending`` rows without an ``ApprovalResolved``), the session counters of
+   ``tradingd status``, and the replay clock.
 4. **Reconciliation** with the broker (``Reconciler.reconcile(startup=True)``): fills
    made while the daemon was down are applied and journaled; an intent journaled but
    never acknowledged is looked up by ``client_order_id`` and adopted if the broker has
@@ -20,12 +25,16 @@ At start, before any signal is accepted:
 With an empty journal (first run) the broker's cash and positions are the books.
 
 ``EquityMarker`` journals an ``EquityMark`` on each risk tick: the equity curve of the
-report, and the start-of-day / peak equity counters of the next recovery.
+report, and the start-of-day / peak equity counters of the next recovery. The loss
+limits are measured from those marks, never from a configured starting cash: the
+start of day is the broker's own start-of-day equity when it reports one (Alpaca's
+``last_equity``, re-read on every reconciliation), and the session's base is the first
+mark taken once the books are confirmed with the broker.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -41,12 +50,13 @@ from engine.stats import SessionStats
 from kernel.broker import Broker
 from kernel.clock import Clock, ReplayClock
 from kernel.errors import OrderError
-from kernel.events import OrderEvent, OrderIntent, RiskTick
-from kernel.model import Fill, Position
+from kernel.events import ApprovalPending, OrderEvent, OrderIntent, RiskTick
+from kernel.model import AccountSnapshot, Fill, Position
 from kernel.orders import Order
 from kernel.time import trading_day
 from portfolio import Portfolio
 from risk.marks import EquityMarks
+from risk.modes import ExecutionModes, PendingApproval
 
 log = structlog.get_logger("engine.recovery")
 
@@ -57,39 +67,110 @@ ORDER_EVENT_TYPES = tuple(
 )
 
 
+RETAIN_DONE = 1000  # ended orders rebuilt into memory (as the order manager keeps)
+
+
 @dataclass(slots=True)
 class JournalState:
     """What the journal says the session looked like when it stopped."""
 
     orders: dict[str, Order] = field(default_factory=dict)
+    orders_total: int = 0
+    today: Counter[str] = field(default_factory=Counter)  # intents per symbol, ``day``
+    day: str = ""
     books: dict[str, Any] | None = None
     fills_replayed: int = 0
     last_mark: dict[str, Any] | None = None
     last_ts: datetime | None = None
     trading_state: str | None = None
+    execution_mode: str | None = None
+    approvals: list[PendingApproval] = field(default_factory=list)
+    approval_ids: list[str] = field(default_factory=list)  # the highest id ever given
     skipped_events: int = 0
 
 
-def load_state(journal: Journal) -> JournalState:
-    """Read the journal into a ``JournalState`` (orders, newest snapshot, marks)."""
-    state = JournalState()
+class JournalHistory:
+    """The ``OrderHistory`` of the order manager: orders that left memory, from disk."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def known(self, client_order_id: str) -> bool:
+        return self._journal.has_intent(client_order_id)
+
+    def load(self, client_order_id: str) -> Order | None:
+        return load_order(self._journal, client_order_id)
+
+
+def load_order(journal: Journal, client_order_id: str) -> Order | None:
+    """One order rebuilt from its intent and events (None if it has no intent)."""
+    order: Order | None = None
+    for row in journal.rows(types=("OrderIntent", *ORDER_EVENT_TYPES),
+                            client_order_id=client_order_id):
+        order = _apply_row(order, row, None)
+    return order
+
+
+def _apply_row(order: Order | None, row: Any, state: JournalState | None) -> Order | None:
+    if row.type == "OrderIntent":
+        return order or Order.from_intent(decode(OrderIntent, row.payload), created_ts=row.ts)
+    if order is None:
+        if state is not None:
+            state.skipped_events += 1
+        return None
+    try:
+        event = decode(EVENT_TYPES[row.type], row.payload)
+        assert isinstance(event, OrderEvent)
+        order.apply(event)
+    except OrderError as exc:
+        if state is not None:
+            state.skipped_events += 1
+        log.warning("recovery.event_skipped", seq=row.seq, type=row.type, error=str(exc))
+    return order
+
+
+def load_state(journal: Journal, *, day: str = "",
+               retain_done: int = RETAIN_DONE) -> JournalState:
+    """Read the journal into a ``JournalState`` (orders, newest snapshot, marks, modes).
+
+    Orders are rebuilt in one pass over the journal; an order that ends leaves the pass
+    unless it is among the ``retain_done`` most recently ended, so memory is bounded by
+    the open orders, not by the journal. ``day`` (a trading day) selects whose intents
+    are counted per symbol (the per-day order limits).
+    """
+    state = JournalState(day=day)
+    live: dict[str, Order] = {}
+    done: OrderedDict[str, Order] = OrderedDict()
     for row in journal.rows(types=("OrderIntent", *ORDER_EVENT_TYPES)):
-        if row.type == "OrderIntent":
-            intent = decode(OrderIntent, row.payload)
-            state.orders.setdefault(intent.client_order_id,
-                                    Order.from_intent(intent, created_ts=row.ts))
-            continue
-        order = state.orders.get(row.client_order_id or "")
+        cid = row.client_order_id or ""
+        if row.type == "OrderIntent" and cid not in live and cid not in done:
+            state.orders_total += 1
+            if day and row.symbol and trading_day(row.ts) == day:
+                state.today[row.symbol] += 1
+        order = live.get(cid) or done.pop(cid, None)
+        if order is None and row.type != "OrderIntent" and journal.has_intent(cid):
+            continue  # a late event of an order that already left the pass: on disk
+        order = _apply_row(order, row, state)
         if order is None:
-            state.skipped_events += 1
             continue
-        try:
-            event = decode(EVENT_TYPES[row.type], row.payload)
-            assert isinstance(event, OrderEvent)
-            order.apply(event)
-        except OrderError as exc:
-            state.skipped_events += 1
-            log.warning("recovery.event_skipped", seq=row.seq, type=row.type, error=str(exc))
+        if order.is_open:
+            live[cid] = order
+        else:
+            live.pop(cid, None)
+            done[cid] = order
+            if len(done) > retain_done:
+                done.popitem(last=False)
+    state.orders = {**done, **live}
+    _load_books(journal, state)
+    change = journal.last("TradingStateChanged")
+    state.trading_state = change.payload["new"] if change else None
+    mode = journal.last("ExecutionModeChanged")
+    state.execution_mode = mode.payload["new"] if mode else None
+    state.approvals, state.approval_ids = load_approvals(journal)
+    return state
+
+
+def _load_books(journal: Journal, state: JournalState) -> None:
     snap = journal.last("BooksSnapshot")
     if snap is not None:
         state.books = dict(snap.payload)
@@ -100,9 +181,27 @@ def load_state(journal: Journal) -> JournalState:
     if state.books is not None and mark is not None and snap is not None and mark.seq > snap.seq:
         state.books["prices"] = {**state.books.get("prices", {}), **mark.payload["prices"]}
     state.last_ts = mark.ts if mark else None
-    change = journal.last("TradingStateChanged")
-    state.trading_state = change.payload["new"] if change else None
-    return state
+
+
+def load_approvals(journal: Journal) -> tuple[list[PendingApproval], list[str]]:
+    """Approvals queued and not yet approved, rejected or dropped (oldest first), and
+    every approval id ever given (so a new one is never a reused one)."""
+    waiting: dict[str, PendingApproval] = {}
+    given: list[str] = []
+    for row in journal.rows(types=("ApprovalPending", "ApprovalResolved")):
+        aid = str(row.payload["approval_id"])
+        if row.type == "ApprovalPending":
+            p = decode(ApprovalPending, row.payload)
+            waiting[aid] = PendingApproval(aid, p.intent, p.ts)
+            given = [max(given[0], aid, key=_approval_seq)] if given else [aid]
+        else:
+            waiting.pop(aid, None)
+    return list(waiting.values()), given
+
+
+def _approval_seq(approval_id: str) -> int:
+    digits = approval_id.lstrip("A")
+    return int(digits) if digits.isdigit() else 0
 
 
 def restore_books(portfolio: Portfolio, books: dict[str, Any]) -> int:
@@ -168,6 +267,29 @@ class EquityMarker:
     def on_tick(self, tick: RiskTick) -> None:
         self.mark(tick.ts)
 
+    def anchor(self, account: AccountSnapshot) -> None:
+        """Take the broker's start-of-day equity (``last_equity``) as today's base."""
+        base = account.last_equity
+        if base is None or base <= 0:
+            return
+        day = trading_day(self._clock.now())
+        m = self.marks
+        if m.day == day and m.start_of_day == base:
+            return
+        log.info("risk.start_of_day", day=day, start_of_day=str(base), was=str(m.start_of_day),
+                 source="broker last_equity")
+        peak = base if m.peak is None or base > m.peak else m.peak
+        m.restore(day, base, peak)
+
+    def start_session(self) -> None:
+        """The session's first mark, once the books are the broker's (after recovery)."""
+        self.marks.observe(self._portfolio.equity(), trading_day(self._clock.now()))
+
+    def session_pnl(self, equity: Decimal) -> Decimal:
+        """P&L since this session's first mark (zero before it)."""
+        base = self.marks.session_start
+        return equity - base if base is not None else Decimal(0)
+
     def mark(self, ts: datetime) -> dict[str, Any]:
         p = self._portfolio
         equity = p.equity()
@@ -221,6 +343,7 @@ async def recover(
     marker: EquityMarker,
     reconciler: Reconciler,
     clock: Clock,
+    modes: ExecutionModes | None = None,
 ) -> Recovered:
     """Rebuild from the journal and reconcile with the broker (see the module doc).
 
@@ -228,13 +351,17 @@ async def recover(
         BrokerError, TimeoutError: the broker could not be reached; the daemon stays
             not ready (the gate denies RECONCILING) and the next tick retries.
     """
-    state = load_state(journal)
+    mark = journal.last("EquityMark")
+    if mark is not None and isinstance(clock, ReplayClock):
+        clock.set(mark.ts)
+    state = load_state(journal, day=trading_day(clock.now()))
     first_run = state.books is None
-    if state.last_ts is not None and isinstance(clock, ReplayClock):
-        clock.set(state.last_ts)
+    orders.history = JournalHistory(journal)
     for order in state.orders.values():
         orders.adopt(order)
-    _restore_counters(orders, state, clock)
+    orders.restore_counters(state.day, dict(state.today))
+    if modes is not None and (state.execution_mode or state.approval_ids):
+        modes.restore(state.execution_mode, state.approvals, used=state.approval_ids)
     fills = 0
     if state.books is not None:
         fills = restore_books(portfolio, state.books)
@@ -244,30 +371,30 @@ async def recover(
     restore_stats(stats, journal, state.last_mark)
     marker.restore(state.last_mark)
     open_now = sum(1 for o in state.orders.values() if o.is_open)
-    log.info("recovery.loaded", first_run=first_run, orders=len(state.orders),
-             open_orders=open_now, fills_replayed=fills, cash=str(portfolio.cash),
+    log.info("recovery.loaded", first_run=first_run, orders=state.orders_total,
+             in_memory=len(state.orders), open_orders=open_now, fills_replayed=fills,
+             cash=str(portfolio.cash),
              positions={s: p.qty for s, p in portfolio.positions.items() if p.qty},
-             trading_state=state.trading_state, skipped_events=state.skipped_events)
+             trading_state=state.trading_state, execution_mode=state.execution_mode,
+             approvals=len(state.approvals), skipped_events=state.skipped_events)
+    reconciler.on_account = marker.anchor
     report = await reconciler.reconcile("start", gate=True, startup=True)
+    marker.start_session()
     journal.append("BooksSnapshot", books_snapshot(portfolio), ts=clock.now(), durable=True)
     log.info("recovery.done", explained=len(report.of("explained")),
              unexplained=len(report.of("unexplained")), cash=str(portfolio.cash),
              equity=str(portfolio.equity()))
-    return Recovered(first_run, len(state.orders), open_now, fills, state.trading_state,
+    return Recovered(first_run, state.orders_total, open_now, fills, state.trading_state,
                      state.last_ts)
-
-
-def _restore_counters(orders: OrderManager, state: JournalState, clock: Clock) -> None:
-    day = trading_day(clock.now())
-    per_symbol: Counter[str] = Counter(
-        o.symbol for o in state.orders.values() if trading_day(o.created_ts) == day)
-    orders.restore_counters(day, dict(per_symbol))
 
 
 __all__ = [
     "EquityMarker",
+    "JournalHistory",
     "JournalState",
     "Recovered",
+    "load_approvals",
+    "load_order",
     "load_state",
     "recover",
     "restore_books",

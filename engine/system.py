@@ -129,13 +129,9 @@ class TradingSystem:
         submitter = DurableBroker(self.broker, self.journal) if self.journal else self.broker
         self.orders = OrderManager(submitter, clock=clock, publish=self.bus.publish,
                                    submit_timeout=daemon.execution_timeout_secs,
-                                   on_intent=self.journal.record_intent if self.journal else None)
+                                   on_intent=self.journal.record_intent if self.journal else None,
+                                   retain_done=daemon.orders_retained)
         self.risk_state = TradingStatus(clock=clock, publish=self.bus.publish)
-        self.reconciler = Reconciler(
-            self.broker, orders=self.orders, portfolio=self.portfolio, clock=clock,
-            publish=self.bus.publish, journal=self.journal,
-            trading_state=lambda: str(self.risk_state.state), on_failure=self._on_failure,
-            grace_secs=daemon.execution_timeout_secs)
         self.marks = EquityMarks()  # start-of-day and peak equity: one copy, shared
         self.marker = EquityMarker(self.journal, self.portfolio, self.stats, clock, self.marks)
         self.recovered: Recovered | None = None
@@ -143,6 +139,12 @@ class TradingSystem:
         self.connected = True  # until the broker reports otherwise
         self._books_started = False
         self._build_risk(spec.risk, environ, totals, global_risk or GlobalRiskConfig())
+        self.reconciler = Reconciler(  # after the risk state: it escalates it on drift
+            self.broker, orders=self.orders, portfolio=self.portfolio, clock=clock,
+            publish=self.bus.publish, journal=self.journal, state=self.risk_state,
+            on_failure=self._on_failure, grace_secs=daemon.execution_timeout_secs,
+            confirm_delay=daemon.reconcile_confirm_secs,
+            request_delay=daemon.reconcile_request_delay_secs)
         self.timers = Timers(clock, self.bus.publish)
         self.controls: dict[str, Handler] = {}
         register_controls(self.controls.__setitem__, state=self.risk_state,
@@ -169,7 +171,7 @@ class TradingSystem:
                                      environ=environ)
         self.modes = ExecutionModes(
             self.cfg.execution_mode, clock=clock, approval_notional=cfg.approval_notional,
-            send=bus.send,
+            send=bus.send, publish=bus.publish,
             on_emergency=lambda why: self.spawn(self.liquidate(why), "risk.liquidate"))
         self.gate = Gate(cfg, clock=clock, portfolio=self.portfolio, orders=self.orders,
                          state=self.risk_state, publish=bus.publish, send=bus.send,
@@ -352,7 +354,7 @@ class TradingSystem:
             self.recovered = await recover(
                 journal=self.journal, broker=self.broker, orders=self.orders,
                 portfolio=self.portfolio, stats=self.stats, marker=self.marker,
-                reconciler=self.reconciler, clock=self.clock)
+                reconciler=self.reconciler, clock=self.clock, modes=self.modes)
             self._restore_risk(self.recovered)
         self._books_started = True
         self.gate.invalidate()
@@ -381,7 +383,6 @@ class TradingSystem:
 
     def summary(self) -> dict[str, Any]:
         p = self.portfolio
-        start = self.marks.start_of_day
         return {
             **self.stats.as_dict(),
             "open_orders": len(self.orders.open_orders()),
@@ -389,9 +390,7 @@ class TradingSystem:
             "equity": str(p.equity().quantize(CENT)),
             "realized_pnl": str(p.realized_pnl().quantize(CENT)),
             "unrealized_pnl": str(p.unrealized_pnl().quantize(CENT)),
-            "pnl": str((p.equity() - (start if start is not None
-                                      else self.spec.broker.paper.initial_cash))
-                       .quantize(CENT)),
+            "pnl": str(self.marker.session_pnl(p.equity()).quantize(CENT)),
         }
 
     def status(self) -> dict[str, Any]:

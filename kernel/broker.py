@@ -1,10 +1,36 @@
 """The narrow boundary every broker implements: the paper simulator, the Alpaca adapter,
-and test fakes are siblings behind this ``Broker`` protocol.
+the IB adapter and test fakes are siblings behind this ``Broker`` protocol.
 
-Submission is fire-and-report: ``submit`` hands the order over and returns; what the
-broker does with it (accepted, new, fills, rejects, cancels) comes back as domain
-``OrderEvent``s through the ``EventSink`` the broker was built with. Queries return
-snapshots used by reconciliation. Errors are ``kernel.errors.BrokerError`` subclasses.
+The adapter contract
+--------------------
+
+An adapter reports what it sees and answers queries; it decides nothing about the
+books. What to book from a query and what counts as drift is decided by the engine's
+reconciler alone (``engine.reconcile``).
+
+* **Submission is fire-and-report.** ``submit`` hands the order over and returns; what
+  the broker does with it comes back as domain ``OrderEvent``s through the
+  ``EventSink`` the adapter was built with, always on the event loop's thread. A
+  definite refusal raises ``BrokerRejected`` (with the broker's HTTP ``status`` and error
+  ``code``): the order never existed. ``AmbiguousSubmission``: it may exist, resolve with
+  ``get_order``. ``BrokerUnavailable``: it certainly does not exist.
+* **Reports may repeat, arrive out of order or not at all**: the order manager applies
+  them through the order state machine, which de-duplicates fills. Each ``Fill`` carries
+  the order's cumulative filled quantity after it (``cum_qty``) when the broker says:
+  that, with the order, is the fill's identity across channels. An execution id is only
+  a fast path and may differ between the stream and ``fills_since``.
+* **Connection status** is ``BrokerStatusChanged``: ``CONNECTED`` once up,
+  ``DISCONNECTED`` when the report stream drops, ``RECOVERING`` after a reconnect (the
+  reports of the gap are unknown). An adapter does not catch up on its own: the
+  reconciler answers ``RECOVERING`` with a pass over the queries below, and it says when
+  the books are confirmed (``ReconciliationChanged``). An adapter that sees a hint of a
+  gap (the broker showing more filled than it reported) may publish a
+  ``ReconcileRequested``.
+* **Queries** return snapshots: ``get_order`` (any status; None only on a definite
+  "not found"), ``open_orders``, ``fills_since`` (every execution with ``ts >= since``,
+  with ``cum_qty``, ``broker_order_id`` and ``commission``), ``positions``, ``account``
+  (``last_equity``, the equity at the previous close, when the broker reports it) and
+  ``clock``. Errors are ``kernel.errors.BrokerError`` subclasses.
 """
 
 from __future__ import annotations
@@ -27,8 +53,9 @@ from kernel.model import (
 )
 from kernel.orders import OrderStatus
 
-# Brokers report ``OrderEvent``s and ``BrokerStatusChanged`` through the sink, always on
-# the event loop's thread (adapters with SDK threads hop with call_soon_threadsafe).
+# Brokers report ``OrderEvent``s, ``BrokerStatusChanged`` and ``ReconcileRequested``
+# through the sink, always on the event loop's thread (adapters with SDK threads hop with
+# call_soon_threadsafe).
 EventSink = Callable[[Event], None]
 
 
@@ -55,8 +82,11 @@ class BrokerOrder:
 class BrokerFill:
     """One execution as the broker lists it (for reconciling fills missed on a stream).
 
-    ``commission`` defaults to zero so adapters without fees need not set it; a broker
-    that charges must report it, or reconciliation sees the fee as cash drift.
+    Identity: (``broker_order_id`` / ``client_order_id``, ``cum_qty``), the order's
+    cumulative filled quantity after this execution; ``execution_id`` is this listing's
+    own id and need not match the stream's. ``commission`` defaults to zero so adapters
+    without fees need not set it; a broker that charges must report it, or
+    reconciliation sees the fee as cash drift.
     """
 
     execution_id: str

@@ -191,12 +191,90 @@ class OrderApproved(Event):
     original_qty: int
 
 
+class TradingState(enum.StrEnum):
+    """ACTIVE: trade normally. REDUCING: only orders that shrink |exposure|.
+    HALTED: nothing but the emergency path (liquidation)."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+    @property
+    def severity(self) -> int:
+        """0, 1, 2: a state only ever escalates to a higher one without an operator."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
+class KillSwitchSource(enum.StrEnum):
+    """Where a kill switch was engaged. ENV cannot be cleared while the process runs."""
+
+    ENV = "env"
+    FILE = "file"
+    SIGNAL = "signal"
+
+
 @dataclass(frozen=True, slots=True)
 class TradingStateChanged(Event):
-    old: str
-    new: str
+    """The trading state moved (or a kill switch engaged: ``kill_switch`` names its
+    source, and the state is HALTED). ``who``/``why`` are for people; decisions use the
+    typed fields only."""
+
+    old: TradingState
+    new: TradingState
     who: str
     why: str
+    ts: datetime
+    kill_switch: KillSwitchSource | None = None
+
+
+class ExecutionMode(enum.StrEnum):
+    """FULL_AUTO sends what passes the gate; SEMI_AUTO and MANUAL wait for an operator
+    (above a notional, or always); RESEARCH sends nothing; EMERGENCY liquidates."""
+
+    FULL_AUTO = "FULL_AUTO"
+    SEMI_AUTO = "SEMI_AUTO"
+    MANUAL = "MANUAL"
+    RESEARCH = "RESEARCH"
+    EMERGENCY = "EMERGENCY"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionModeChanged(Event):
+    """The execution mode changed (journaled durably; a restart restores it)."""
+
+    old: ExecutionMode
+    new: ExecutionMode
+    who: str
+    why: str
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalPending(Event):
+    """An order waits for an operator (SEMI_AUTO above the threshold, MANUAL)."""
+
+    approval_id: str
+    intent: OrderIntent
+    ts: datetime
+
+
+class ApprovalOutcome(enum.StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DROPPED = "dropped"  # the queue was full: the oldest waiting order gave way
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalResolved(Event):
+    """A waiting order left the approval queue."""
+
+    approval_id: str
+    client_order_id: str
+    outcome: ApprovalOutcome
+    who: str
     ts: datetime
 
 
@@ -245,7 +323,11 @@ class OrderFilled(OrderEvent):
 
 @dataclass(frozen=True, slots=True)
 class OrderRejected(OrderEvent):
+    """The order was refused: by the broker (``code`` is its error code when it gave
+    one, ``reason`` its message) or locally (``code`` None, ``reason`` a stable text)."""
+
     reason: str = ""
+    code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,14 +403,23 @@ class Heartbeat(Event):
     ts: datetime
 
 
+class BrokerStatus(enum.StrEnum):
+    """What a broker adapter reports about its connection (see ``kernel.broker``)."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    # Reconnected after a gap: what happened meanwhile is unknown until the reconciler
+    # has caught up over REST (the gate denies RECONCILING until then).
+    RECOVERING = "recovering"
+    READY = "ready"
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerStatusChanged(Event):
-    """A broker connection changed: ``connected``, ``disconnected``, ``recovering``
-    (reconnected, fetching what was missed over REST: the gate denies with RECONCILING),
-    ``ready`` (caught up)."""
+    """A broker adapter's connection changed (published by adapters only)."""
 
     broker: str
-    status: str
+    status: BrokerStatus
     ts: datetime
     detail: str = ""
 
@@ -366,6 +457,28 @@ class SessionPhaseChanged(Event):
     next_phase: SessionPhase
     next_at: datetime
     early_close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationChanged(Event):
+    """The books are confirmed with the broker (``ready``) or not (start-up, recovery
+    after a broker gap). Published by the reconciler only; the gate denies RECONCILING
+    while not ready."""
+
+    ready: bool
+    why: str
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRequested(Event):
+    """An adapter saw something only a REST look can settle (a fill the stream never
+    delivered, an unknown replacement): the reconciler runs a pass soon."""
+
+    who: str
+    why: str
+    ts: datetime
+    client_order_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

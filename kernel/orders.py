@@ -2,9 +2,26 @@
 
 ``OrderStatus`` is an enum; ``ORDER_TRANSITIONS`` lists, for every status, which event
 types it accepts and where each leads. ``Order.apply(event)`` is the only mutator: an
-event not in the table raises ``InvalidOrderTransition``; a fill whose execution id was
-seen before changes nothing; a fill that would exceed the order quantity raises
-``OverfillError``. Every accepted transition is appended to ``Order.log``.
+event not in the table raises ``InvalidOrderTransition``; a fill the order already has
+changes nothing; a fill that would exceed the order quantity, or that overlaps another
+fill, raises ``OverfillError``. Every accepted transition is appended to ``Order.log``.
+
+Fill identity: a fill is (this order, the cumulative filled quantity after it). A fill
+with ``cum_qty`` c and ``qty`` q covers the quantity interval (c - q, c]; brokers give
+the same execution different ids on different channels (Alpaca's stream vs its FILL
+activities), but never two executions ending at the same cumulative quantity. So a fill
+is a duplicate when its execution id was seen (the fast path) *or* an equal interval
+was taken; a missed earlier partial that arrives after a later one covers a free
+interval and is taken. Fills without ``cum_qty`` (brokers that do not say) fall back
+to the execution id alone.
+
+A canceled, expired or replaced order still takes fills: an execution that happened
+before the cancel can be reported after it (a dropped stream event found later over
+REST). It stays in its status unless the fill completes it.
+
+An abandoned order (the broker did not know it when it was looked for) comes back to
+life if the broker shows it after all: a request that was still on its way when the
+daemon was killed can land later. It then takes the broker's events like a new order.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ from kernel.events import (
     OrderRejected,
     OrderReplaced,
 )
-from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.model import Fill, OrderSide, OrderType, TimeInForce
 
 
 class OrderStatus(enum.StrEnum):
@@ -67,6 +84,9 @@ _ALWAYS_WHILE_OPEN: dict[type[OrderEvent], _Target] = {
     OrderCanceled: S.CANCELED,
     OrderExpired: S.EXPIRED,
 }
+
+# Late fills of an order that ended otherwise (see the module doc).
+_LATE_FILL: dict[type[OrderEvent], _Target] = {OrderFilled: _FILL}
 
 ORDER_TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], _Target]] = {
     S.PENDING_NEW: {
@@ -119,7 +139,19 @@ ORDER_TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], _Target]] = {
         OrderPendingCancel: S.PENDING_CANCEL,
     },
     **{s: {} for s in TERMINAL},
+    S.CANCELED: _LATE_FILL,
+    S.EXPIRED: _LATE_FILL,
+    S.REPLACED: _LATE_FILL,
+    S.ABANDONED: {  # it landed after all (see the module doc)
+        OrderAccepted: S.ACCEPTED,
+        OrderNew: S.NEW,
+        OrderFilled: _FILL,
+        OrderRejected: S.REJECTED,
+        OrderCanceled: S.CANCELED,
+        OrderExpired: S.EXPIRED,
+    },
 }
+LATE_FILL_STATUSES: frozenset[OrderStatus] = frozenset({S.CANCELED, S.EXPIRED, S.REPLACED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +181,8 @@ class Order:
     filled_qty: int = 0
     filled_notional: Decimal = Decimal(0)
     execution_ids: set[str] = field(default_factory=set)
+    # cumulative filled qty after a fill -> that fill's qty (the fill identity)
+    fill_ranges: dict[int, int] = field(default_factory=dict)
     log: list[OrderLogEntry] = field(default_factory=list)
 
     @classmethod
@@ -191,7 +225,7 @@ class Order:
             InvalidOrderTransition: the event is not legal in the current status.
             OverfillError: the fill would exceed the order quantity.
         """
-        if isinstance(event, OrderFilled) and event.fill.execution_id in self.execution_ids:
+        if isinstance(event, OrderFilled) and self.has_fill(event.fill):
             return False
         target = ORDER_TRANSITIONS[self.status].get(type(event))
         if target is None:
@@ -211,6 +245,13 @@ class Order:
         self.log.append(OrderLogEntry(event.ts, target, note or type(event).__name__))
         return True
 
+    def has_fill(self, fill: Fill) -> bool:
+        """True when the order has taken this execution already (see the module doc)."""
+        if fill.execution_id in self.execution_ids:
+            return True
+        c = fill.cum_qty
+        return c is not None and self.fill_ranges.get(c) == fill.qty
+
     def _take_fill(self, event: OrderFilled) -> tuple[OrderStatus, str]:
         fill = event.fill
         if fill.qty <= 0 or self.filled_qty + fill.qty > self.qty:
@@ -219,14 +260,31 @@ class Order:
                 f"{self.qty} already filled",
                 client_order_id=self.client_order_id,
             )
+        if fill.cum_qty is not None:
+            self._check_range(fill)
+            self.fill_ranges[fill.cum_qty] = fill.qty
         self.execution_ids.add(fill.execution_id)
         self.filled_qty += fill.qty
         self.filled_notional += fill.price * fill.qty
         done = self.filled_qty == self.qty
         target: OrderStatus
-        # A fill on a pending cancel/replace leaves the request pending unless it completes.
-        if not done and self.status in (S.PENDING_CANCEL, S.PENDING_REPLACE):
+        # A fill on a pending cancel/replace leaves the request pending unless it completes;
+        # a late fill leaves an ended order ended.
+        if not done and self.status in (S.PENDING_CANCEL, S.PENDING_REPLACE,
+                                        *LATE_FILL_STATUSES):
             target = self.status
         else:
             target = S.FILLED if done else S.PARTIALLY_FILLED
-        return target, f"fill {fill.qty}@{fill.price} exec={fill.execution_id}"
+        return target, f"fill {fill.qty}@{fill.price} cum={fill.cum_qty} exec={fill.execution_id}"
+
+    def _check_range(self, fill: Fill) -> None:
+        """The fill's quantity interval must lie within the order and overlap no other."""
+        c, q = fill.cum_qty, fill.qty
+        assert c is not None
+        lo = c - q
+        overlap = next((k for k, n in self.fill_ranges.items() if lo < k and k - n < c), None)
+        if lo < 0 or c > self.qty or overlap is not None:
+            raise OverfillError(
+                f"fill {fill.execution_id} covers ({lo}, {c}] of {self.qty}, which "
+                f"{'overlaps a fill ending at ' + str(overlap) if overlap else 'is outside'}"
+                " the order", client_order_id=self.client_order_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -193,7 +194,7 @@ def check_duplicate_signal(ctx: Ctx, seen: dict[tuple[str, str], None]) -> Denia
 # -- state -----------------------------------------------------------------------------
 
 
-def check_kill_switch(sources: set[str]) -> Denial | None:
+def check_kill_switch(sources: AbstractSet[str]) -> Denial | None:
     if sources:
         return Denial(R.KILL_SWITCH, "disengaged", ",".join(sorted(sources)))
     return None

@@ -9,8 +9,9 @@
 * ``halt``/``resume`` are the operator's (``tradingd halt``/``tradingd resume``): resume
   refuses while the environment kill switch is set or the file exists.
 
-Every change goes through ``TradingStatus.request`` (a ``TradingStateChanged`` with
-``who="kill_switch:<source>"``); the gate then denies ``KILL_SWITCH`` for every order.
+Every change goes through ``TradingStatus.request`` (a ``TradingStateChanged`` whose
+typed ``kill_switch`` field names the ``KillSwitchSource``); the gate then denies
+``KILL_SWITCH`` for every order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from risk.state import TradingState, TradingStatus
+from risk.state import KillSwitchSource, TradingState, TradingStatus
 
 log = structlog.get_logger("risk.killswitch")
 
@@ -57,18 +58,20 @@ class KillSwitch:
         """Call at start, before connecting to a broker. True if it halted."""
         if not env_engaged(self._environ):
             return False
-        self.engage("env", f"{ENV_VAR}={self._environ.get(ENV_VAR)!r} in the environment")
+        self.engage(KillSwitchSource.ENV,
+                    f"{ENV_VAR}={self._environ.get(ENV_VAR)!r} in the environment")
         return True
 
-    def engage(self, source: str, why: str) -> None:
-        log.error("kill_switch.engaged", source=source, why=why)
-        self._state.request(TradingState.HALTED, who=f"kill_switch:{source}", why=why)
+    def engage(self, source: KillSwitchSource, why: str) -> None:
+        log.error("kill_switch.engaged", source=str(source), why=why)
+        self._state.request(TradingState.HALTED, who=f"kill switch ({source})", why=why,
+                            kill_switch=source)
 
     def poll_file(self) -> bool:
         """One look at the file; engages on its appearance. True while it exists."""
         exists = self.path.exists()
         if exists and not self._file_seen:
-            self.engage("file", f"kill-switch file {self.path} exists")
+            self.engage(KillSwitchSource.FILE, f"kill-switch file {self.path} exists")
         elif self._file_seen and not exists:
             log.warning("kill_switch.file_removed", path=str(self.path),
                         detail="still halted until an operator resumes")
@@ -82,7 +85,8 @@ class KillSwitch:
             await asyncio.sleep(self._poll)
 
     def install_signal_handler(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGUSR1, self.engage, "signal", "SIGUSR1 received")
+        loop.add_signal_handler(signal.SIGUSR1, self.engage, KillSwitchSource.SIGNAL,
+                                "SIGUSR1 received")
 
     def halt(self, *, who: str = "operator", why: str = "operator halt") -> None:
         self._state.request(TradingState.HALTED, who=who, why=why)

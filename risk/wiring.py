@@ -5,10 +5,10 @@ from __future__ import annotations
 from kernel.bus import Bus
 from kernel.events import (
     BarBatch,
-    BrokerStatusChanged,
     OrderEvent,
     PlaceOrder,
     PositionChanged,
+    ReconciliationChanged,
     RiskTick,
     SessionPhaseChanged,
     TradingStateChanged,
@@ -26,7 +26,7 @@ def wire_risk(bus: Bus, *, gate: Gate, state: TradingStatus,
     reacts to it.
     """
     bus.subscribe(TradingStateChanged, state.on_state_changed)
-    bus.subscribe(BrokerStatusChanged, state.on_broker_status)
+    bus.subscribe(ReconciliationChanged, state.on_reconciliation)
     bus.register(PlaceOrder, gate.execute)
     bus.subscribe(BarBatch, gate.on_bars)
     bus.subscribe(OrderEvent, gate.on_order_event)

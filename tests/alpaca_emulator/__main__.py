@@ -36,8 +36,11 @@ async def _main(args: argparse.Namespace) -> None:
         while not stop.is_set():
             waiting = args.wait_subscriber and not emu.data_subscribers
             if args.bar_interval > 0 and emu.bars and not waiting and emu.advance() is None:
-                args.bar_interval = 0
-                print("alpaca emulator: bars done", flush=True)
+                if args.loop:
+                    emu.replay_again()
+                else:
+                    args.bar_interval = 0
+                    print("alpaca emulator: bars done", flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.bar_interval or None)
     finally:
@@ -53,6 +56,8 @@ def main() -> None:
     p.add_argument("--fill-parts", type=int, default=1, help="executions per order")
     p.add_argument("--rebase-now", action="store_true",
                    help="shift the bars so the first minute is the current minute")
+    p.add_argument("--loop", action="store_true",
+                   help="when the bars are done, replay them again as the following minutes")
     p.add_argument("--wait-subscriber", action="store_true",
                    help="start replaying bars only once a data client has subscribed")
     p.add_argument("--calendar", default=None,

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -128,13 +128,14 @@ class Emulator:
         self.secret_key = secret_key
         self.host = host
         self.port = port
-        self.exchange = Exchange(on_event=self._on_trade_event, cash=cash)
+        self.exchange = Exchange(on_event=self._on_trade_event, cash=cash, initial_cash=cash)
         self.single_stream_connection = single_stream_connection
         self.ack_delay = 0.0
         self.fill_delay = 0.0
         self.cancel_delay = 0.0
         self.rate_limit_per_min: int | None = None
         self.requests: list[dict[str, Any]] = []
+        self.fired: Counter[str] = Counter()  # faults that actually hit, by kind
         self.events: list[dict[str, Any]] = []  # every trade update the exchange produced
         self.delivered: list[dict[str, Any]] = []  # what was actually put on the wire
         self.stream_connections = 0
@@ -222,6 +223,7 @@ class Emulator:
         for feed in DATA_FEEDS:
             r.add_get(f"/v2/{feed}", self._data_stream)
         r.add_get("/_control/snapshot", self._ctl_snapshot)
+        r.add_get("/_control/faults", self._ctl_faults)
         r.add_post("/_control/{name}", self._ctl)
 
     # -- middlewares -----------------------------------------------------------------
@@ -252,6 +254,8 @@ class Emulator:
         if fault is None or request.path.startswith("/_control"):
             return await handler(request)
         fault.count -= 1
+        self.fired[f"http_{fault.mode}" + (f"_{fault.status}" if fault.mode == "status" else "")
+                   + ("_after_effect" if fault.after_effect else "")] += 1
         log.info("fault %s %s on %s %s", fault.mode, fault.status, request.method, request.path)
         if fault.mode == "delay" and not fault.after_effect:
             await asyncio.sleep(fault.delay)
@@ -594,6 +598,7 @@ class Emulator:
         for f in self._event_faults:
             if f.count > 0 and (f.event is None or f.event == event):
                 f.count -= 1
+                self.fired[f"event_{f.kind}"] += 1
                 if f.kind == "drop":
                     log.info("fault: dropped %s event", event)
                     return
@@ -603,6 +608,7 @@ class Emulator:
             self._reorder_buf.append(frame)
             if len(self._reorder_buf) >= self._reorder_n:
                 self._reorder_n = 0
+                self.fired["event_reorder"] += 1
                 held, self._reorder_buf = self._reorder_buf, []
                 for fr in reversed(held):
                     self._deliver(fr, json.loads(fr)["data"])
@@ -733,6 +739,8 @@ class Emulator:
 
     def drop_stream(self) -> None:
         """Close every trade-stream connection now (no replay on reconnect)."""
+        if self._trade_clients:
+            self.fired["stream_drop"] += 1
         for c in list(self._trade_clients):
             self._trade_clients.discard(c)
             self._spawn(c.kill())
@@ -758,6 +766,17 @@ class Emulator:
         """Hold the next ``n`` events and send them in reverse order."""
         self._reorder_n, self._reorder_buf = n, []
 
+    def refuse_next_orders(self, n: int = 1, status: int = 422, code: int = 40010001,
+                           message: str = "qty must be a whole number of shares") -> None:
+        """Refuse the next ``n`` order POSTs synchronously (nothing is booked). The default
+        is the validation refusal real Alpaca sends with the *same code* as a duplicate
+        client_order_id; only the message differs."""
+        self.exchange.refuse_next.extend([(status, code, message)] * n)
+
+    def roll_day(self) -> None:
+        """Start a new trading day: the account's ``last_equity`` becomes today's equity."""
+        self.exchange.roll_day()
+
     def reject_next_orders(self, n: int = 1, reason: str = "rejected by emulator") -> None:
         """Accept the next ``n`` orders, then stream ``rejected`` for them."""
         self.exchange.reject_next.extend([reason] * n)
@@ -781,7 +800,7 @@ class Emulator:
     def set_account(self, status: str | None = None, trading_blocked: bool | None = None,
                     last_equity: str | None = None) -> None:
         """The account's ``status`` (ACTIVE, INACTIVE, ...), ``trading_blocked`` and
-        ``last_equity`` (None: today's equity until the next close rolls it)."""
+        ``last_equity`` (None: the initial cash until the next close rolls it)."""
         ex = self.exchange
         ex.status = ex.status if status is None else status
         ex.trading_blocked = ex.trading_blocked if trading_blocked is None else trading_blocked
@@ -823,6 +842,16 @@ class Emulator:
             self.exchange.route(order)
         self.exchange.execute(order, qty, dec(price) if price is not None else None)
 
+    def replay_again(self) -> None:
+        """Start the loaded bars over, as the minutes after the last one (time only
+        moves forward: a live feed never sends a minute twice)."""
+        if not self.bars:
+            return
+        keys = list(self.bars)
+        shift = keys[-1] - keys[0] + timedelta(minutes=1)
+        self.bars = {ts + shift: rows for ts, rows in self.bars.items()}
+        self._bar_cursor = 0
+
     def advance(self) -> datetime | None:
         """Publish the next minute of the loaded bars; returns its timestamp."""
         keys = list(self.bars)
@@ -840,9 +869,24 @@ class Emulator:
             "positions": {s: {"qty": p.qty, "avg_entry_price": str(p.avg_entry)}
                           for s, p in ex.positions.items()},
             "account": ex.account_json(),
-            "executions": [e.activity() for e in ex.executions],
+            "executions": [{**e.activity(), "client_order_id": e.client_order_id,
+                            "execution_id": e.execution_id} for e in ex.executions],
             "requests": len(self.requests),
+            "order_posts": [{"cid": r.get("cid"), "status": r["status"]} for r in self.requests
+                            if (r["method"], r["path"]) == ("POST", "/v2/orders")],
             "stream_connections": self.stream_connections,
+            **self.faults(),
+        }
+
+    def faults(self) -> dict[str, Any]:
+        """Faults armed but not yet fired, and those fired by kind."""
+        ex = self.exchange
+        return {
+            "faults_pending": sum(f.count for f in self._faults)
+            + sum(f.count for f in self._event_faults) + len(ex.refuse_next)
+            + len(ex.reject_next) + self._reorder_n,
+            "faults_fired": dict(self.fired) | {
+                "order_refused": ex.refused, "order_rejected_async": ex.rejected_async},
         }
 
     def count(self, method: str, path: str) -> int:
@@ -851,8 +895,9 @@ class Emulator:
     CONTROLS = frozenset({
         "fail_next", "delay_next", "clear_faults", "drop_stream", "drop_stream_after",
         "mute_stream", "refuse_stream_for", "drop_events", "duplicate_events", "reorder_events",
-        "reject_next_orders", "set_clock", "set_price", "set_fill_parts", "set_liquidity",
-        "pause_fills", "set_delays", "set_rate_limit", "emit_fill", "advance",
+        "reject_next_orders", "refuse_next_orders", "roll_day", "set_clock", "set_price",
+        "set_fill_parts", "set_liquidity", "pause_fills", "set_delays", "set_rate_limit",
+        "emit_fill", "advance",
         # the calendar-driven market (tests/alpaca_emulator/session.py)
         "clear_clock_override", "set_account",
     })
@@ -867,6 +912,9 @@ class Emulator:
 
     async def _ctl_snapshot(self, _: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
+
+    async def _ctl_faults(self, _: web.Request) -> web.Response:
+        return web.json_response(self.faults())
 
 
 def _j(obj: dict[str, Any]) -> bytes:

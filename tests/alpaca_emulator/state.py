@@ -16,6 +16,9 @@ from decimal import Decimal
 from typing import Any
 
 TERMINAL = {"filled", "canceled", "expired", "rejected", "replaced"}
+# Alpaca answers most validation errors at POST /v2/orders with 422 and this code, the
+# same code as a duplicate client_order_id: only the message tells them apart.
+VALIDATION = 40010001
 ORDER_TYPES = {"market", "limit", "stop", "stop_limit"}
 TIFS = {"day", "gtc", "ioc", "fok", "opg", "cls"}
 
@@ -152,6 +155,7 @@ class EmuPosition:
 @dataclass(slots=True)
 class Execution:
     execution_id: str
+    activity_id: str
     order_id: str
     client_order_id: str
     symbol: str
@@ -164,11 +168,13 @@ class Execution:
     order_status: str
 
     def activity(self) -> dict[str, Any]:
-        # Alpaca's activity id is "<yyyymmddhhmmssmmm>::<uuid>"; we use the stream's
-        # execution id as the uuid so clients can de-duplicate across both channels.
+        # Alpaca's activity id is "<yyyymmddhhmmssmmm>::<uuid>". Whether that uuid is the
+        # stream's execution_id on the real Alpaca is unconfirmed, so the emulator gives
+        # it one that shares nothing with it: clients must identify fills by (order,
+        # cumulative quantity), never by assuming the two ids agree.
         stamp = self.ts.strftime("%Y%m%d%H%M%S") + f"{self.ts.microsecond // 1000:03d}"
         return {
-            "id": f"{stamp}::{self.execution_id}",
+            "id": f"{stamp}::{self.activity_id}",
             "activity_type": "FILL",
             "transaction_time": rfc3339(self.ts),
             "type": "fill" if self.leaves_qty == 0 else "partial_fill",
@@ -193,6 +199,7 @@ class Exchange:
     on_event: EventSink
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     cash: Decimal = Decimal(100_000)
+    initial_cash: Decimal = Decimal(100_000)
     is_open: bool = True
     fill_parts: int = 1
     shorting_enabled: bool = True
@@ -203,27 +210,36 @@ class Exchange:
     liquidity: dict[str, int] = field(default_factory=dict)
     executions: list[Execution] = field(default_factory=list)
     reject_next: list[str] = field(default_factory=list)
+    # Synchronous refusals of the next POSTs: (HTTP status, code, message); nothing is booked.
+    refuse_next: list[tuple[int, int, str]] = field(default_factory=list)
     fills_paused: bool = False
     # Account state a session test drives (``set_account``; rolled at each close).
     status: str = "ACTIVE"
     trading_blocked: bool = False
-    last_equity: Decimal | None = None
+    refused: int = 0  # POSTs refused through ``refuse_next``
+    rejected_async: int = 0  # orders rejected through ``reject_next``
+    last_equity: Decimal | None = None  # equity at the previous close (None: initial cash)
 
     # -- order entry -------------------------------------------------------------
 
     def create_order(self, body: dict[str, Any]) -> tuple[EmuOrder, str | None]:
         """Validate and book an order; returns it and an async-reject reason if armed."""
+        if self.refuse_next:
+            status, code, message = self.refuse_next.pop(0)
+            self.refused += 1
+            raise EmulatorError(status, code, message)
         order = self._build(body)
         self._check_funds(order)
         self.orders[order.id] = order
         self.by_cid[order.client_order_id] = order
         reject = self.reject_next.pop(0) if self.reject_next else None
+        self.rejected_async += reject is not None
         return order, reject
 
     def _build(self, body: dict[str, Any]) -> EmuOrder:
         def need(key: str) -> Any:
             if body.get(key) in (None, ""):
-                raise EmulatorError(422, 40010000, f"{key} is required")
+                raise EmulatorError(422, VALIDATION, f"{key} is required")
             return body[key]
 
         symbol = str(need("symbol")).upper()
@@ -231,25 +247,25 @@ class Exchange:
             "time_in_force"
         )
         if side not in ("buy", "sell"):
-            raise EmulatorError(422, 40010000, "invalid side")
+            raise EmulatorError(422, VALIDATION, "invalid side")
         if otype not in ORDER_TYPES:
-            raise EmulatorError(422, 40010000, f"invalid order type {otype}")
+            raise EmulatorError(422, VALIDATION, f"invalid order type {otype}")
         if tif not in TIFS:
-            raise EmulatorError(422, 40010000, f"invalid time_in_force {tif}")
+            raise EmulatorError(422, VALIDATION, f"invalid time_in_force {tif}")
         if body.get("notional") is not None:
-            raise EmulatorError(422, 40010000, "notional orders are not emulated")
+            raise EmulatorError(422, VALIDATION, "notional orders are not emulated")
         qty_d = dec(need("qty"))
         if qty_d != qty_d.to_integral_value() or qty_d <= 0:
-            raise EmulatorError(422, 40010000, "qty must be a positive whole number")
+            raise EmulatorError(422, VALIDATION, "qty must be a positive whole number")
         limit = dec(body["limit_price"]) if body.get("limit_price") is not None else None
         stop = dec(body["stop_price"]) if body.get("stop_price") is not None else None
         if otype in ("limit", "stop_limit") and limit is None:
-            raise EmulatorError(422, 40010000, "limit_price is required")
+            raise EmulatorError(422, VALIDATION, "limit_price is required")
         if otype in ("stop", "stop_limit") and stop is None:
-            raise EmulatorError(422, 40010000, "stop_price is required")
+            raise EmulatorError(422, VALIDATION, "stop_price is required")
         cid = body.get("client_order_id") or str(uuid.uuid4())
         if len(cid) > 128:
-            raise EmulatorError(422, 40010000, "client_order_id is too long")
+            raise EmulatorError(422, VALIDATION, "client_order_id is too long")
         if cid in self.by_cid:
             raise EmulatorError(422, 40010001, "client_order_id must be unique")
         now = self.now()
@@ -414,7 +430,7 @@ class Exchange:
         self._book_position(order.symbol, signed, px)
         self.cash -= px * signed
         ex = Execution(
-            execution_id=str(uuid.uuid4()), order_id=order.id,
+            execution_id=str(uuid.uuid4()), activity_id=str(uuid.uuid4()), order_id=order.id,
             client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
             qty=qty, price=px, ts=order.updated_at or self.now(), cum_qty=order.filled_qty,
             leaves_qty=order.leaves, order_status=order.status,
@@ -466,6 +482,10 @@ class Exchange:
         return sum((self.mark(s) * p.qty for s, p in self.positions.items() if p.qty < 0),
                    Decimal(0))
 
+    def roll_day(self) -> None:
+        """A new trading day: today's P&L is measured from the equity now."""
+        self.last_equity = self.equity()
+
     def equity(self) -> Decimal:
         return self.cash + self.long_value() + self.short_value()
 
@@ -502,7 +522,8 @@ class Exchange:
             "multiplier": "1",
             "shorting_enabled": self.shorting_enabled,
             "equity": dstr(equity),
-            "last_equity": dstr(equity if self.last_equity is None else self.last_equity),
+            "last_equity": dstr(self.last_equity if self.last_equity is not None
+                                else self.initial_cash),
             "long_market_value": dstr(self.long_value()),
             "short_market_value": dstr(self.short_value()),
             "initial_margin": "0",

@@ -1,12 +1,16 @@
-"""Fixtures for the Alpaca adapter tests: a loopback emulator and a recording sink."""
+"""Fixtures for the Alpaca adapter tests: a loopback emulator, a recording sink, and the
+adapter wired to the real order manager, reconciler, portfolio and journal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +19,11 @@ from pydantic import SecretStr
 from brokers.alpaca import AlpacaBroker
 from brokers.config import AlpacaConfig
 from kernel.clock import WallClock
-from kernel.events import BrokerStatusChanged, Event, OrderEvent, OrderIntent
-from kernel.model import OrderSide, OrderType, TimeInForce
+from kernel.events import BrokerStatusChanged, Event, OrderEvent, OrderFilled, OrderIntent
+from kernel.model import Fill, OrderSide, OrderType, TimeInForce
 from kernel.orders import Order
 from tests.alpaca_emulator import EmulatorThread
+from tests.daemon.session import Session
 
 KEY, SECRET = "PKTESTKEY0001", "sEcReT-TEST-0001"
 
@@ -83,7 +88,7 @@ def make_cfg(emu: EmulatorThread, **over: Any) -> AlpacaConfig:
         "base_url": emu.base_url, "data_url": emu.base_url,
         "request_timeout_secs": 1.0, "stream_silence_secs": 2.0,
         "retry_backoff_secs": 0.02, "retry_backoff_max_secs": 0.1,
-        "reconnect_backoff_secs": 0.05, "reconcile_grace_secs": 0.05,
+        "reconnect_backoff_secs": 0.05,
     }
     base.update(over)
     return AlpacaConfig(**base)
@@ -114,3 +119,31 @@ def intent(symbol: str = "AAPL", side: OrderSide = OrderSide.BUY, qty: int = 10,
         limit_price=Decimal(limit) if limit else None,
         stop_price=Decimal(stop) if stop else None,
     )
+
+
+@asynccontextmanager
+async def alpaca_session(emu: EmulatorThread, tmp_path: Path,
+                         **cfg_over: Any) -> AsyncIterator[Session]:
+    """The real adapter behind the real order manager, reconciler and journal."""
+    cfg = make_cfg(emu, **cfg_over)
+    s = Session(tmp_path, lambda sink: AlpacaBroker(cfg, clock=WallClock(), sink=sink),
+                clock=WallClock(), confirm_delay=0.2, request_delay=0.05)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def fill_identities(fills: list[Fill]) -> Counter[tuple[str, int | None]]:
+    """Fills by identity: (client order id, cumulative filled quantity after the fill)."""
+    return Counter((f.client_order_id, f.cum_qty) for f in fills)
+
+
+def emulator_identities(emu: EmulatorThread) -> Counter[tuple[str, int | None]]:
+    snap = emu.snapshot()
+    return Counter((e["client_order_id"], int(e["cum_qty"])) for e in snap["executions"])
+
+
+def fills_of(events: list[Event]) -> list[Fill]:
+    return [e.fill for e in events if isinstance(e, OrderFilled)]

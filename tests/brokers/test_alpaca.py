@@ -183,8 +183,12 @@ class TestQueries:
             + 2 * Decimal("171.13")
         assert {p.symbol: p.qty for p in await broker.positions()} == {"AAPL": 5, "MSFT": 3}
         fills = await broker.fills_since(t0)
-        assert sorted(f.execution_id for f in fills) == sorted(
-            f.fill.execution_id for f in recorder.events if isinstance(f, OrderFilled))
+        # The same executions: by identity, not by id (the channels name them differently)
+        assert sorted((f.client_order_id, f.cum_qty, f.qty, f.price) for f in fills) == sorted(
+            (e.fill.client_order_id, e.fill.cum_qty, e.fill.qty, e.fill.price)
+            for e in recorder.events if isinstance(e, OrderFilled))
+        assert {f.broker_order_id for f in fills} == {o["id"] for o in snap["orders"]}
+        assert acct.last_equity == Decimal(100_000)  # the previous close: the day's base
         got = await broker.get_order(sell.client_order_id)
         assert got is not None and got.status == OrderStatus.FILLED and got.filled_qty == 2
         assert await broker.get_order("never-sent") is None
@@ -249,8 +253,7 @@ class TestSecrets:
                     except Exception as exc:
                         texts.append(repr(exc) + str(exc.__cause__))
                 emu.drop_stream()
-                await recorder.wait_for(lambda: recorder.statuses()[-1:] == ["ready"]
-                                        and "recovering" in recorder.statuses())
+                await recorder.wait_for(lambda: recorder.statuses()[-1:] == ["recovering"])
         bad_cfg = make_cfg(emu, secret_key=SecretStr("WRONG-" + SECRET))
         try:
             async with AlpacaBroker(bad_cfg, clock=WallClock(), sink=recorder):

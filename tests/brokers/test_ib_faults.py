@@ -60,12 +60,12 @@ class TestReconnect:
         assert tws.drop_connections() == 1
         await eventually(lambda: "disconnected" in statuses_since(recorder, before))
         tws.execute(it.client_order_id, 4)  # nobody is connected to hear it
-        await eventually(lambda: statuses_since(recorder, before)[-1:] == ["ready"])
+        await eventually(lambda: statuses_since(recorder, before)[-1:] == ["recovering"])
         await recorder.wait_for(lambda: order.filled_qty == 7)
         tws.execute(it.client_order_id, 3)
         await recorder.wait_for(lambda: order.status == OrderStatus.FILLED)
         # Assert
-        assert statuses_since(recorder, before) == ["disconnected", "recovering", "ready"]
+        assert statuses_since(recorder, before) == ["disconnected", "recovering"]
         assert [f.fill.qty for f in fills_of(recorder.events)] == [3, 4, 3]
         assert orders_by_ref(tws) == {it.client_order_id: 1}
         assert_fills_match_fake(recorder.events, tws)
@@ -95,7 +95,7 @@ class TestReconnect:
         before = len(recorder.statuses())
         # Act: the restart forgets the ids it issued; the next order gets one again
         tws.restart(rollback_ids=True)
-        await eventually(lambda: statuses_since(recorder, before)[-1:] == ["ready"])
+        await eventually(lambda: statuses_since(recorder, before)[-1:] == ["recovering"])
         tws.set_fill(parts=2)
         again = intent(qty=4)
         order = recorder.track(again)
@@ -122,7 +122,7 @@ class TestReconnect:
             with pytest.raises(BrokerUnavailable):
                 await b.submit(intent())
             tws.hang(False)
-            await eventually(lambda: statuses_since(recorder, before)[-1:] == ["ready"], 10)
+            await eventually(lambda: statuses_since(recorder, before)[-1:] == ["recovering"], 10)
             it = intent()
             order = recorder.track(it)
             await b.submit(it)
@@ -139,7 +139,7 @@ class TestReconnect:
             await broker.submit(intent())
         tws.link(1102)
         await eventually(lambda: statuses_since(recorder, before)
-                         == ["disconnected", "recovering", "ready"])
+                         == ["disconnected", "recovering"])
         it = intent()
         order = recorder.track(it)
         await broker.submit(it)
@@ -174,8 +174,8 @@ class TestStartup:
             # the next try waits the slowest backoff (0.5-1 s), not 0.1 s: no storm
             assert tws.requests.count(71) == connects + 1
             tws.occupy_client_id(11, on=False)
-            await eventually(lambda: statuses_since(recorder, before)[-1:] == ["ready"])
-            assert statuses_since(recorder, before) == ["disconnected", "recovering", "ready"]
+            await eventually(lambda: statuses_since(recorder, before)[-1:] == ["recovering"])
+            assert statuses_since(recorder, before) == ["disconnected", "recovering"]
 
     async def test_start_when_nothing_listens_then_unavailable(self, recorder: Recorder) -> None:
         with socket.socket() as s:

@@ -138,3 +138,30 @@ class TestPersistence:
             pass
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+class TestBoundedMemory:
+    async def test_long_session_when_many_orders_ended_then_memory_bounded_disk_complete(
+        self, tmp_path: Path
+    ) -> None:
+        # Arrange: a store, and room in memory for only 5 ended orders
+        path = tmp_path / "paper.sqlite"
+        h = Harness(path)
+        h.broker = PaperBroker(cfg=h.cfg, clock=h.clock, sink=h.sink, store_path=path,
+                               retain_done=5)
+        await h.broker.__aenter__()
+        t0 = h.now
+        # Act: 40 market orders, each filled on the next bar
+        for n in range(40):
+            await h.submit(intent(f"o{n}", "buy" if n % 2 == 0 else "sell", qty=1, ref="100"))
+            h.bar(AAA=(100.0, 100.0, 100.0, 100.0, 1e6))
+        # Assert: memory holds 5 of the 40; the store answers for all of them
+        assert len(h.broker._orders) == 5
+        assert h.broker._fills == []
+        old = await h.broker.get_order("o0")
+        assert old is not None and old.status is OrderStatus.FILLED
+        fills = await h.broker.fills_since(t0)
+        assert sorted(f.client_order_id for f in fills) == sorted(f"o{n}" for n in range(40))
+        with pytest.raises(BrokerRejected, match="unique"):
+            await h.broker.submit(intent("o0", qty=1, ref="100"))  # an id from long ago
+        await h.broker.__aexit__(None, None, None)

@@ -2,8 +2,9 @@
 
 The account is a ``TradingSystem`` built by ``engine.system.build_system``, as the daemon
 builds it (journal in ``state_dir``, order manager, portfolio, gate, reconciler...),
-around a ``FakeBroker`` that outlives it: a second ``Session`` on the same state
-directory and broker is the daemon restarting.
+around a broker that outlives it: a ``FakeBroker`` (a second ``Session`` on the same
+state directory and broker is the daemon restarting), or a ``BrokerFactory`` handed the
+system's report sink (``lambda sink: AlpacaBroker(cfg, clock=..., sink=sink)``).
 """
 
 from __future__ import annotations
@@ -18,33 +19,45 @@ from engine.journal import Journal
 from engine.reconcile import Reconciler
 from engine.recovery import EquityMarker, Recovered
 from engine.stats import SessionStats
-from engine.system import SystemSpec, TradingSystem, build_system
+from engine.system import BrokerFactory, SystemSpec, TradingSystem, build_system
+from kernel.broker import Broker
 from kernel.bus import Bus
-from kernel.clock import ReplayClock
+from kernel.clock import Clock, ReplayClock
 from kernel.events import Event
 from portfolio import Portfolio
 from risk.config import RiskConfig
+from risk.modes import ExecutionModes
+from risk.state import TradingStatus
 from tests.kit import T0
 
 
 class Session:
     """``await start()`` enters the system and rebuilds its books from the journal and
     the broker (``TradingSystem.start_books``); ``stop()`` leaves it in order; ``crash()``
-    dies without flushing."""
+    dies without flushing. ``confirm_delay``, ``request_delay`` and ``retain_done`` are
+    the reconciler's and order manager's settings (``DaemonConfig``)."""
 
-    def __init__(self, state_dir: Path, broker: FakeBroker, *,
-                 risk: RiskConfig | None = None) -> None:
-        self.broker = broker
-        self.clock = ReplayClock(T0)
+    def __init__(self, state_dir: Path, broker: FakeBroker | BrokerFactory, *,
+                 risk: RiskConfig | None = None, clock: Clock | None = None,
+                 confirm_delay: float = 0.0, request_delay: float = 0.5,
+                 retain_done: int = 1000) -> None:
+        self.clock = clock or ReplayClock(T0)
         self.events: list[Event] = []
+        daemon = DaemonConfig(state_dir=state_dir, reconcile_confirm_secs=confirm_delay,
+                              reconcile_request_delay_secs=request_delay,
+                              orders_retained=retain_done)
         self.system: TradingSystem = build_system(
             SystemSpec(name="fake", broker=BrokerConfig(), risk=risk or RiskConfig(),
                        state_dir=state_dir),
-            daemon=DaemonConfig(state_dir=state_dir), clock=self.clock, environ={},
-            broker=broker.connect)
+            daemon=daemon, clock=self.clock, environ={},
+            broker=broker.connect if isinstance(broker, FakeBroker) else broker)
         self.bus.subscribe(Event, self.events.append)
 
     # -- the system's parts ----------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        return self.system.broker
 
     @property
     def bus(self) -> Bus:
@@ -76,9 +89,25 @@ class Session:
         return self.system.stats
 
     @property
+    def status(self) -> TradingStatus:
+        return self.system.risk_state
+
+    @property
+    def modes(self) -> ExecutionModes:
+        return self.system.modes
+
+    @property
+    def recovered(self) -> Recovered | None:
+        return self.system.recovered
+
+    @property
     def state(self) -> str:
         """The trading state (ACTIVE, REDUCING, HALTED)."""
         return str(self.system.risk_state.state)
+
+    def report(self, event: Event) -> None:
+        """A broker report, as the broker's stream hands it to the system."""
+        self.orders.on_report(event)
 
     # -- lifetime --------------------------------------------------------------------------
 

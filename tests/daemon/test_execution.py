@@ -176,6 +176,58 @@ class TestOrderManagerSubmit:
         assert rig.manager.orders["td-1"].status is OrderStatus.REJECTED
         assert rig.broker.lookups == []
 
+    async def test_submit_when_broker_refuses_with_code_then_rejection_carries_code(
+        self, rig: Rig
+    ) -> None:
+        rig.broker.fail_next_submit(BrokerRejected(
+            "submit_order: HTTP 422: qty must be a whole number", status=422, code=40010001))
+
+        rig.manager.execute_submit(SubmitOrder(intent()))
+        await asyncio.wait_for(rig.manager.drained(), 1)
+
+        (rejected,) = rig.of(OrderRejected)
+        assert rejected.code == 40010001  # type: ignore[attr-defined]
+        assert "qty must be a whole number" in rejected.reason  # type: ignore[attr-defined]
+        assert rig.broker.lookups == []  # a definite refusal is not looked up
+        assert rig.manager.in_flight() == 0
+
+    async def test_submit_when_broker_raises_outside_error_tree_then_rejected_worker_lives(
+        self, rig: Rig
+    ) -> None:
+        # Arrange: building the first order fails in the adapter with a plain ValueError
+        rig.broker.fail_next_submit(ValueError("limit order needs a limit_price"))
+
+        # Act
+        with capture_logs() as logs:
+            rig.manager.execute_submit(SubmitOrder(intent("td-1")))
+            await asyncio.wait_for(rig.manager.drained(), 1)
+            rig.manager.execute_submit(SubmitOrder(intent("td-2")))
+            await asyncio.wait_for(rig.manager.drained(), 1)
+
+        # Assert: that order is rejected (the broker does not have it), the next one sent
+        assert rig.manager.worker is not None and not rig.manager.worker.done()
+        (rejected,) = rig.of(OrderRejected)
+        assert rejected.client_order_id == "td-1"
+        assert rejected.reason.startswith("SUBMIT_FAILED: ValueError")  # type: ignore[attr-defined]
+        assert rig.broker.submitted == ["td-1", "td-2"]
+        assert rig.broker.lookups == ["td-1"]
+        assert rig.manager.stats["submit_failed"] == 1
+        assert "order.submit_failed" in [e["event"] for e in logs]
+
+    async def test_submit_when_unexpected_error_but_broker_has_order_then_adopted(
+        self, rig: Rig
+    ) -> None:
+        # The exception came after the order reached the broker: it must not be rejected.
+        rig.broker.fail_next_submit(RuntimeError("bug after the POST"))
+        rig.broker.orders["td-1"] = broker_order("td-1", OrderStatus.NEW, broker_id="b-9")
+
+        with capture_logs():
+            rig.manager.execute_submit(SubmitOrder(intent()))
+            await asyncio.wait_for(rig.manager.drained(), 1)
+
+        assert rig.manager.orders["td-1"].status is OrderStatus.NEW
+        assert rig.of(OrderRejected) == []
+
     async def test_submit_when_outbox_full_then_rejected_with_backpressure(self) -> None:
         # Arrange: the worker is not running, so the outbox cannot drain
         r = build(outbox_size=1)
@@ -287,7 +339,8 @@ class TestOrderManagerReports:
         with capture_logs() as logs:
             rig.broker.emit(stray)
 
-        assert rig.manager.unknown_reports == [stray]
+        assert list(rig.manager.unknown_reports) == [stray]
+        assert rig.manager.stats["unknown_report"] == 1
         assert rig.published == []
         assert [e["event"] for e in logs] == ["order.unknown_report"]
 
@@ -443,3 +496,34 @@ class TestOrderManagerViews:
             await asyncio.wait_for(waiter, 2)  # the 0.2 s submit timeout ends it
 
         assert not done_early
+
+
+class TestOrderManagerMemory:
+    async def test_many_orders_when_ended_then_memory_bounded_and_history_dedupes(
+            self, tmp_path: Path) -> None:
+        from tests.daemon.fake_broker import FakeBroker
+        from tests.daemon.fake_broker import intent as fake_intent
+        from tests.daemon.session import Session
+
+        # Arrange: memory for 3 ended orders; 12 orders placed and filled
+        broker = FakeBroker()
+        s = Session(tmp_path, broker, retain_done=3)
+        await s.start()
+        for n in range(12):
+            s.bus.send(SubmitOrder(fake_intent(f"c{n}", qty=1)))
+            await s.orders.drained()
+            broker.fill(f"c{n}", 1, Decimal("100"))
+        assert len(s.orders.orders) == 3
+        # Act: the stream replays an old fill; an old id is submitted again; a pass runs
+        with capture_logs():
+            broker.sink(filled("c0", "B1-1", 1, "100.00"))
+            s.bus.send(SubmitOrder(fake_intent("c1", qty=1)))
+            await s.orders.drained()
+        report = await s.reconciler.reconcile("tick")
+        # Assert: nothing booked twice, nothing sent twice, nothing unexplained
+        assert s.portfolio.qty("AAPL") == 12
+        assert s.orders.stats["duplicate_fill"] == 1
+        assert s.orders.stats["duplicate_id"] == 1
+        assert broker.submitted.count("c1") == 1
+        assert report.ok and report.differences == []
+        await s.stop()

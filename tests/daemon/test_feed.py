@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from structlog.testing import capture_logs
 
 from engine.feed import BarTape, Pacer
 from kernel.errors import ConfigError
@@ -102,6 +103,51 @@ class TestBarTape:
             BarTape.from_csv(tmp_path / "missing.csv")
 
         assert "missing.csv" in str(info.value)
+
+
+class TestBarTapeStreaming:
+    def test_from_csv_when_time_ordered_then_streamed_in_chunks_same_batches(
+        self, tmp_path: Path
+    ) -> None:
+        # Arrange: 40 minutes x 5 symbols in time order (symbols shuffled within a
+        # minute), read 7 rows at a time so minutes straddle chunks.
+        rows = ["timestamp,symbol,open,high,low,close,volume"]
+        t = datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
+        for m in range(40):
+            for s in ("MSFT", "AAPL", "IBM", "ZZZ", "BBB")[m % 5:] + ("MSFT", "AAPL", "IBM",
+                                                                     "ZZZ", "BBB")[:m % 5]:
+                px = 100 + m + len(s)
+                rows.append(f"{(t + timedelta(minutes=m)).isoformat()},{s},{px},{px + 1},"
+                            f"{px - 1},{px},{m * 10}")
+        path = tmp_path / "bars.csv"
+        path.write_text("\n".join(rows) + "\n")
+        whole = BarTape(pd.read_csv(path, dtype={"symbol": str}))
+
+        # Act
+        tape = BarTape.from_csv(path, chunk_rows=7)
+        streamed = list(tape.batches())
+
+        # Assert
+        assert tape._rows is None  # streamed, not held
+        assert (len(tape), tape.rows, tape.symbols) == (40, 200, ["AAPL", "BBB", "IBM", "MSFT",
+                                                                  "ZZZ"])
+        expected = list(whole.batches())
+        assert [b.ts for b in streamed] == [b.ts for b in expected]
+        assert [rows_of(b) for b in streamed] == [rows_of(b) for b in expected]
+        assert all(b.symbols == tuple(sorted(b.symbols)) for b in streamed)
+
+    def test_from_csv_when_out_of_time_order_then_loaded_whole_and_logged(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "bars.csv"
+        path.write_text(ROWS)
+
+        with capture_logs() as logs:
+            tape = BarTape.from_csv(path, chunk_rows=2)
+
+        assert tape._rows is not None
+        assert [e["event"] for e in logs] == ["feed.replay_unsorted"]
+        assert len(list(tape.batches())) == 3
 
 
 class TestPacer:

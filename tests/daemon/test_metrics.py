@@ -57,7 +57,12 @@ async def assert_matches_session(m: dict[str, Any], daemon: Daemon) -> None:
     assert isinstance(broker, PaperBroker)
     account = await broker.account()
     assert cents(m["tradingd_equity_dollars"]) == account.equity.quantize(CENT)
-    fills = await broker.fills_since(datetime(2000, 1, 1, tzinfo=UTC))
+    # Its fills live in its SQLite store, read back through a broker opened on it.
+    store_broker = PaperBroker(cfg=daemon.settings.broker.paper, clock=daemon.clock,
+                               sink=lambda e: None,
+                               store_path=daemon.system.spec.state_dir / "paper_account.sqlite")
+    async with store_broker:
+        fills = await store_broker.fills_since(datetime(2000, 1, 1, tzinfo=UTC))
     assert m["tradingd_fills_total"] == len(fills)
 
 

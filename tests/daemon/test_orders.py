@@ -1,5 +1,6 @@
 """The order state machine: the transition table is the law, fills are de-duplicated by
-execution id, no fill sequence can overfill, and a refused event changes nothing."""
+execution id or by the quantity interval they cover, no fill sequence can overfill, and a
+refused event changes nothing."""
 
 from __future__ import annotations
 
@@ -52,11 +53,12 @@ def make_order(qty: int = ORDER_QTY, side: OrderSide = OrderSide.BUY) -> Order:
     return Order.from_intent(intent)
 
 
-def fill(exec_id: str, qty: int, price: str = "100", ts: datetime = T0) -> OrderFilled:
+def fill(exec_id: str, qty: int, price: str = "100", ts: datetime = T0,
+         cum: int | None = None) -> OrderFilled:
     return OrderFilled(
         client_order_id=CID, ts=ts,
         fill=Fill(execution_id=exec_id, client_order_id=CID, symbol="AAPL",
-                  side=OrderSide.BUY, qty=qty, price=Decimal(price), ts=ts),
+                  side=OrderSide.BUY, qty=qty, price=Decimal(price), ts=ts, cum_qty=cum),
     )
 
 
@@ -77,26 +79,55 @@ def walk(order: Order, *events: OrderEvent) -> Order:
 # -- an independent oracle for one step ---------------------------------------------------
 
 DUPLICATE = "duplicate"
+LATE_FILL_STATUSES = {OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REPLACED}
+# an abandoned order the broker shows after all takes its events like a new one
+REVIVED_BY = {OrderAccepted, OrderNew, OrderFilled, OrderRejected, OrderCanceled, OrderExpired}
 
 
-def expected_step(order: Order, e: OrderEvent) -> object:
+class Taken:
+    """The oracle's own record of the fills an order took: execution ids and intervals."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.ranges: set[tuple[int, int]] = set()  # (low, high]: quantity interval
+
+    def seen(self, f: Fill) -> bool:
+        return f.execution_id in self.ids or (
+            f.cum_qty is not None and (f.cum_qty - f.qty, f.cum_qty) in self.ranges)
+
+    def clashes(self, f: Fill) -> bool:
+        if f.cum_qty is None:
+            return False
+        lo, hi = f.cum_qty - f.qty, f.cum_qty
+        return lo < 0 or hi > ORDER_QTY or any(lo < h and a < hi for a, h in self.ranges)
+
+    def take(self, f: Fill) -> None:
+        self.ids.add(f.execution_id)
+        if f.cum_qty is not None:
+            self.ranges.add((f.cum_qty - f.qty, f.cum_qty))
+
+
+def expected_step(order: Order, e: OrderEvent, taken: Taken) -> object:
     """What one event must do, written from the module's contract, not from its code:
-    a seen execution id is a no-op; anything else must be in the table; a fill lands on
-    FILLED when complete, else stays on a pending cancel/replace, else PARTIALLY_FILLED;
-    a cancel-reject returns to PARTIALLY_FILLED when something filled, else NEW."""
-    if isinstance(e, OrderFilled) and e.fill.execution_id in order.execution_ids:
+    a fill already taken (same execution id, or the same quantity interval) is a no-op;
+    anything else must be in the table; a fill lands on FILLED when complete, else stays
+    on a pending cancel/replace or on the status of an ended order, else
+    PARTIALLY_FILLED; a cancel-reject returns to PARTIALLY_FILLED when something filled,
+    else NEW."""
+    if isinstance(e, OrderFilled) and taken.seen(e.fill):
         return DUPLICATE
     if type(e) not in ORDER_TRANSITIONS[order.status]:
         return InvalidOrderTransition
     if isinstance(e, OrderFilled):
         q = e.fill.qty
-        if q <= 0 or order.filled_qty + q > order.qty:
+        if q <= 0 or order.filled_qty + q > order.qty or taken.clashes(e.fill):
             return OverfillError
         if order.filled_qty + q == order.qty:
             return OrderStatus.FILLED
-        if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+        if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE,
+                            *LATE_FILL_STATUSES):
             return order.status
-        return OrderStatus.PARTIALLY_FILLED
+        return OrderStatus.PARTIALLY_FILLED  # also an abandoned order that landed late
     if isinstance(e, OrderCancelRejected):
         return OrderStatus.PARTIALLY_FILLED if order.filled_qty else OrderStatus.NEW
     return ORDER_TRANSITIONS[order.status][type(e)]
@@ -111,7 +142,9 @@ def order_events(draw: st.DrawFn) -> OrderEvent:
         qty = draw(st.integers(-1, ORDER_QTY + 2))
         price = draw(st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1000"),
                                  places=2))
-        return fill(exec_id, qty, str(price), ts)
+        # Half the fills say where they end (cumulative qty), as brokers that know do.
+        cum = draw(st.one_of(st.none(), st.integers(0, ORDER_QTY + 1)))
+        return fill(exec_id, qty, str(price), ts, cum)
     kind = draw(st.sampled_from(NON_FILL_EVENTS))
     if kind in (OrderAccepted, OrderNew):
         return kind(client_order_id=CID, ts=ts,
@@ -126,10 +159,11 @@ class TestOrderStateMachineProperties:
         self, events: list[OrderEvent]
     ) -> None:
         order = make_order()
+        taken = Taken()
         for e in events:
             # Arrange
             before = state_of(order)
-            expected = expected_step(order, e)
+            expected = expected_step(order, e, taken)
 
             # Act
             raised: type[Exception] | None = None
@@ -149,6 +183,8 @@ class TestOrderStateMachineProperties:
             else:
                 assert raised is None and result is True, (before.status, e)
                 assert order.status is expected
+                if isinstance(e, OrderFilled):
+                    taken.take(e.fill)
                 assert len(order.log) == len(before.log) + 1
                 assert order.log[-1].status is expected
                 assert order.log[-1].ts == e.ts
@@ -175,9 +211,11 @@ class TestOrderStateMachineProperties:
                                             Decimal(0))
         assert (order.status is OrderStatus.FILLED) == (order.filled_qty == order.qty)
 
-    @pytest.mark.parametrize("status", sorted(TERMINAL))
-    @pytest.mark.parametrize("kind", [*NON_FILL_EVENTS, OrderFilled])
-    def test_apply_when_terminal_then_every_event_is_refused(
+    @pytest.mark.parametrize(("status", "kind"), [
+        (s, k) for s in sorted(TERMINAL) for k in (*NON_FILL_EVENTS, OrderFilled)
+        if not (k is OrderFilled and s in LATE_FILL_STATUSES)
+        and not (s is OrderStatus.ABANDONED and k in REVIVED_BY)])
+    def test_apply_when_terminal_then_every_event_but_a_late_fill_is_refused(
         self, status: OrderStatus, kind: type[OrderEvent]
     ) -> None:
         # Arrange
@@ -207,7 +245,10 @@ class TestOrderStateMachineProperties:
         assert set(ORDER_TRANSITIONS) == set(OrderStatus)
         assert set(OrderStatus) == OPEN | TERMINAL
         assert not OPEN & TERMINAL
-        assert all(ORDER_TRANSITIONS[s] == {} for s in TERMINAL)
+        assert all(set(ORDER_TRANSITIONS[s]) <= {OrderFilled} for s in LATE_FILL_STATUSES)
+        assert set(ORDER_TRANSITIONS[OrderStatus.ABANDONED]) == REVIVED_BY
+        assert {s for s in TERMINAL if ORDER_TRANSITIONS[s]} == {
+            *LATE_FILL_STATUSES, OrderStatus.ABANDONED}
         assert all(OrderFilled in ORDER_TRANSITIONS[s] for s in OPEN)
 
 
@@ -292,3 +333,66 @@ class TestOrderExamples:
 
         assert order.leaves_qty == 3
         assert order.is_open
+
+
+class TestFillIdentity:
+    def test_apply_when_same_fill_arrives_under_another_channels_id_then_taken_once(
+            self) -> None:
+        # Arrange: the stream's execution id and the REST activity id share nothing
+        order = walk(make_order(), event(OrderNew), fill("stream-7e1a", 4, cum=4))
+
+        # Act
+        changed = order.apply(fill("20240305143502500::c0ffee", 4, cum=4))
+
+        # Assert
+        assert changed is False
+        assert order.filled_qty == 4
+
+    def test_apply_when_missed_earlier_partial_arrives_after_later_one_then_taken(
+            self) -> None:
+        # Arrange: the stream lost the first partial (cum 4); the second (cum 10) arrived
+        order = walk(make_order(), event(OrderNew), fill("s-2", 6, "101", cum=10))
+        assert order.status is OrderStatus.PARTIALLY_FILLED
+
+        # Act: REST brings the first one later, under its own id
+        changed = order.apply(fill("rest-1", 4, "100", cum=4))
+
+        # Assert: (4 x 100 + 6 x 101) / 10
+        assert changed is True
+        assert order.status is OrderStatus.FILLED
+        assert order.avg_fill_price == Decimal("100.60")
+        assert order.fill_ranges == {4: 4, 10: 6}
+
+    def test_apply_when_fill_overlaps_a_taken_interval_then_refused_unchanged(self) -> None:
+        order = walk(make_order(), event(OrderNew), fill("a", 4, cum=4))
+        before = state_of(order)
+
+        with pytest.raises(OverfillError):
+            order.apply(fill("b", 3, cum=6))  # (3, 6] overlaps (0, 4]
+
+        assert order == before
+
+    def test_apply_when_fill_reported_after_cancel_then_booked_and_still_canceled(
+            self) -> None:
+        # Arrange: an IOC canceled after a partial whose stream event was lost
+        order = walk(make_order(), event(OrderNew), event(OrderCanceled))
+
+        # Act
+        changed = order.apply(fill("rest-1", 3, cum=3))
+
+        # Assert
+        assert changed is True
+        assert order.status is OrderStatus.CANCELED
+        assert (order.filled_qty, order.leaves_qty) == (3, 0)
+
+
+class TestAbandonedLandsLate:
+    def test_apply_when_broker_shows_abandoned_order_then_it_lives_again(self) -> None:
+        order = walk(make_order(), event(OrderAbandoned))
+        assert not order.is_open
+
+        order.apply(event(OrderNew))
+        order.apply(fill("late-1", 4, cum=4))
+
+        assert order.status is OrderStatus.PARTIALLY_FILLED
+        assert order.is_open and order.leaves_qty == 6

@@ -13,6 +13,7 @@ from kernel.events import (
     AlertRaised,
     BrokerStatusChanged,
     ReconcileTick,
+    ReconciliationChanged,
     SubmitOrder,
     TradingStateChanged,
 )
@@ -60,6 +61,48 @@ class TestReconcileInFlight:
         assert s.orders.orders["c1"].status is OrderStatus.ABANDONED
         assert s.broker.submitted == []
         await s.stop()
+
+
+class TestReconcileLandedLate:
+    async def test_abandoned_order_when_it_lands_later_then_adopted_and_booked(
+            self, tmp_path: Path):
+        # Arrange: an intent whose POST was still on its way when the daemon died
+        broker = FakeBroker()
+        s1 = await _started(tmp_path, broker)
+        s1.journal.record_intent(intent("c1"))
+        s1.journal.ensure_durable()  # as the submit path does before the POST
+        await s1.crash()
+        s2 = await _started(tmp_path, broker)
+        assert s2.orders.orders["c1"].status is OrderStatus.ABANDONED
+        # Act: the request lands now; the order fills partly, then a pass runs
+        broker.accept(intent("c1"), report=False)
+        broker.fill("c1", 4, Decimal("100"), report=False)
+        report = await s2.reconciler.reconcile("tick")
+        # Assert
+        assert [d.what for d in report.of("explained")] == ["landed_late", "missed_fill"]
+        assert report.ok and not report.of("unexplained")
+        assert s2.orders.orders["c1"].status is OrderStatus.PARTIALLY_FILLED
+        assert [o.client_order_id for o in s2.orders.open_orders()] == ["c1"]
+        assert s2.portfolio.qty("AAPL") == 4
+        assert s2.state == "ACTIVE"
+        await s2.stop()
+
+    async def test_abandoned_order_when_it_landed_and_filled_then_fills_booked(
+            self, tmp_path: Path):
+        broker = FakeBroker()
+        s1 = await _started(tmp_path, broker)
+        s1.journal.record_intent(intent("c1"))
+        s1.journal.ensure_durable()  # as the submit path does before the POST
+        await s1.crash()
+        s2 = await _started(tmp_path, broker)
+        broker.accept(intent("c1"), report=False)
+        broker.fill("c1", 10, Decimal("100"), report=False)  # done before anyone looked
+        report = await s2.reconciler.reconcile("tick")
+        assert report.ok and not report.of("unexplained")
+        assert s2.orders.orders["c1"].status is OrderStatus.FILLED
+        assert s2.portfolio.qty("AAPL") == 10
+        assert s2.state == "ACTIVE"
+        await s2.stop()
 
 
 class TestReconcileExplained:
@@ -113,6 +156,53 @@ class TestReconcileExplained:
         await s.stop()
 
 
+class TestReconcileFillIdentity:
+    async def test_fill_list_names_fills_differently_when_reconciled_then_nothing_rebooked(
+            self, tmp_path: Path):
+        # The broker's fill list and its stream give the same executions different ids.
+        s = await _started(tmp_path, FakeBroker(channel_ids=True))
+        await _trade(s, "c1")
+        s.broker.fill("c1", 4, Decimal("100"))
+        s.broker.fill("c1", 6, Decimal("101"))
+        report = await s.reconciler.reconcile("tick")
+        assert report.ok and report.differences == []
+        assert s.portfolio.qty("AAPL") == 10
+        assert s.state == "ACTIVE"
+        await s.stop()
+
+    async def test_earlier_partial_missed_when_later_one_arrived_then_booked_not_dropped(
+            self, tmp_path: Path):
+        s = await _started(tmp_path, FakeBroker(channel_ids=True))
+        await _trade(s, "c1")
+        s.broker.fill("c1", 4, Decimal("100"), report=False)  # the stream lost this one
+        s.broker.fill("c1", 6, Decimal("101"))  # ...but delivered the next
+        report = await s.reconciler.reconcile("tick")
+        assert [d.what for d in report.of("explained")] == ["missed_fill"]
+        assert report.ok and not report.of("unexplained")
+        order = s.orders.orders["c1"]
+        assert order.status is OrderStatus.FILLED
+        assert order.avg_fill_price == Decimal("100.6")
+        assert s.portfolio.qty("AAPL") == 10
+        assert s.state == "ACTIVE"
+        await s.stop()
+
+    async def test_restart_when_fills_listed_under_other_ids_then_booked_once(
+            self, tmp_path: Path):
+        broker = FakeBroker(channel_ids=True)
+        s1 = await _started(tmp_path, broker)
+        await _trade(s1, "c1")
+        broker.fill("c1", 3, Decimal("100"))
+        await s1.stop()
+        broker.fill("c1", 7, Decimal("102"), report=False)  # while the daemon was down
+        s2 = await _started(tmp_path, broker)
+        report = s2.reconciler.last_report
+        assert report is not None and report.ok
+        assert [d.what for d in report.of("explained")] == ["missed_fill"]
+        assert s2.portfolio.qty("AAPL") == 10
+        assert s2.portfolio.cash == broker.cash
+        await s2.stop()
+
+
 class TestReconcileDrift:
     async def test_position_changed_behind_our_back_then_halts_alerts_and_adopts(
             self, tmp_path: Path):
@@ -134,6 +224,27 @@ class TestReconcileDrift:
         assert [a.name for a in s.of(AlertRaised)] == ["reconcile.drift"]
         assert s.portfolio.qty("AAPL") == 25  # broker is the source of truth, after logging
         assert s.journal.last("ReconcileResult").payload["counts"]["unexplained"] == 1
+        await s.stop()
+
+    async def test_trading_while_the_broker_is_read_when_reconciled_then_not_drift(
+            self, tmp_path: Path):
+        # Arrange: on both looks, a fill lands at the broker and on the stream between
+        # the REST reads of the snapshot (positions read before it, cash after it).
+        s = await _started(tmp_path)
+        await _trade(s, "c1")
+        s.broker.fill("c1", 10, Decimal("100"))
+        await _trade(s, "c2")
+        await _trade(s, "c3", qty=8)
+        s.broker.between_calls = [lambda: s.broker.fill("c2", 10, Decimal("101")),
+                                  lambda: s.broker.fill("c3", 8, Decimal("102"))]
+        with capture_logs() as logs:
+            report = await s.reconciler.reconcile("tick")
+        # Assert: not drift; looked at again, and the next pass finds the books equal
+        assert [e for e in logs if e["event"] == "reconcile.drift"] == []
+        assert report.ok and s.state == "ACTIVE"
+        again = await s.reconciler.reconcile("tick")
+        assert again.ok and not again.of("unexplained")
+        assert s.portfolio.qty("AAPL") == 28
         await s.stop()
 
     async def test_drift_when_adopted_then_restart_keeps_broker_books(self, tmp_path: Path):
@@ -180,8 +291,9 @@ class TestReconcileReadiness:
         # Assert
         assert s.reconciler.ready
         assert s.portfolio.qty("AAPL") == 10
-        own = [e for e in s.of(BrokerStatusChanged) if e.detail.startswith("reconcile")]
-        assert [e.status for e in own][-2:] == ["recovering", "ready"]
+        own = s.of(ReconciliationChanged)
+        assert [e.ready for e in own][-2:] == [False, True]  # type: ignore[attr-defined]
+        assert not s.status.reconciling
         await s.stop()
 
     async def test_tick_when_published_then_reconciles_in_background(self, tmp_path: Path):

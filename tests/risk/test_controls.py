@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from kernel.events import CancelAllOrders, RiskTick, TradingStateChanged
+from kernel.events import CancelAllOrders, KillSwitchSource, RiskTick, TradingStateChanged
 from kernel.model import OrderSide
 from portfolio.rebalance import rebalance
 from risk.config import RiskConfig
@@ -38,7 +38,8 @@ class TestTradingState:
     async def test_resume_event_when_env_kill_switch_then_flag_stays(
             self, harness: MakeHarness) -> None:
         h = await harness()
-        h.state.request(TradingState.HALTED, who="kill_switch:env", why="env")
+        h.state.request(TradingState.HALTED, who="kill switch", why="env",
+                        kill_switch=KillSwitchSource.ENV)
         h.state.request(TradingState.ACTIVE, who="operator", why="try")
         assert h.state.kill_switch and h.state.kill_sources == {"env"}
 

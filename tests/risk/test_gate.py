@@ -19,9 +19,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from kernel.events import (
-    BrokerStatusChanged,
+    KillSwitchSource,
     OrderDenied,
     OrderIntent,
+    ReconciliationChanged,
     SessionPhase,
     SessionPhaseChanged,
     SignalBatch,
@@ -74,6 +75,14 @@ def halt(who: str, state: TradingState = H) -> Callable[[Harness], None]:
     return lambda h: h.state.request(state, who=who, why="test")
 
 
+def kill(source: KillSwitchSource) -> Callable[[Harness], None]:
+    return lambda h: h.state.request(H, who="kill switch", why="test", kill_switch=source)
+
+
+def books(ready: bool) -> Callable[[Harness], None]:
+    return lambda h: h.bus.publish(ReconciliationChanged(ready, "test", SESSION))
+
+
 async def _do(step: Callable[[Harness], Any], h: Harness) -> Any:
     result = step(h)
     return await result if inspect.isawaitable(result) else result
@@ -118,13 +127,13 @@ def emergency_sell(h: Harness) -> OrderIntent:
 R = ReasonCode
 CASES = [
     # -- state ----------------------------------------------------------------------
-    Case("kill_env", R.KILL_SWITCH, seq(halt("kill_switch:env"), last=Harness.intent), True,
+    Case("kill_env", R.KILL_SWITCH, seq(kill(KillSwitchSource.ENV), last=Harness.intent), True,
          "disengaged", "env"),
     Case("kill_file_resumed", R.KILL_SWITCH,
-         seq(halt("kill_switch:file"), halt("operator", TradingState.ACTIVE),
+         seq(kill(KillSwitchSource.FILE), halt("operator", TradingState.ACTIVE),
              last=Harness.intent), False, qty=5),
     Case("kill_blocks_emergency", R.KILL_SWITCH,
-         seq(halt("kill_switch:signal"), last=emergency_sell),
+         seq(kill(KillSwitchSource.SIGNAL), last=emergency_sell),
          True, "disengaged", "signal", setup={"holdings": {"AAPL": 10}}),
     Case("halted", R.TRADING_HALTED, seq(halt("operator"), last=Harness.intent), True,
          "ACTIVE", "HALTED"),
@@ -145,11 +154,9 @@ CASES = [
     Case("reconciling_start", R.RECONCILING, Harness.intent, True, "books confirmed",
          "reconciling", setup={"reconciled": False}),
     Case("reconciling_recovering", R.RECONCILING,
-         seq(lambda h: h.bus.publish(BrokerStatusChanged("fake", "recovering", SESSION)),
-             last=Harness.intent), True, "books confirmed", "reconciling"),
+         seq(books(False), last=Harness.intent), True, "books confirmed", "reconciling"),
     Case("reconciled_ready", R.RECONCILING,
-         seq(lambda h: h.bus.publish(BrokerStatusChanged("fake", "ready", SESSION)),
-             last=Harness.intent), False, qty=5, setup={"reconciled": False}),
+         seq(books(True), last=Harness.intent), False, qty=5, setup={"reconciled": False}),
     Case("research", R.EXECUTION_MODE, Harness.intent, True, "sending enabled", "RESEARCH",
          setup={"mode": ExecutionMode.RESEARCH}),
     Case("manual_waits", R.EXECUTION_MODE, Harness.intent, True, "MANUAL",
@@ -406,12 +413,12 @@ class TestGateSignalMemory:
         h = await harness(reconciled=refuse != "reconciling")
         if refuse in ("halted", "kill_switch", "reducing"):
             state = TradingState.REDUCING if refuse == "reducing" else H
-            who = "kill_switch:file" if refuse == "kill_switch" else "operator"
-            h.state.request(state, who=who, why="test")
+            source = KillSwitchSource.FILE if refuse == "kill_switch" else None
+            h.state.request(state, who="test", why="test", kill_switch=source)
         h.place(h.intent(qty=0 if refuse == "invalid" else 5, signal_id="again"))
         assert h.submitted == []
         h.state.request(TradingState.ACTIVE, who="operator", why="test")
-        h.bus.publish(BrokerStatusChanged(broker="fake", status="ready", ts=SESSION))
+        h.bus.publish(ReconciliationChanged(ready=True, why="test", ts=SESSION))
         with capture_logs() as logs:
             h.place(h.intent(signal_id="again"))
         (e,) = [e for e in logs if e["event"] == "gate.reject"]

@@ -28,7 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brokers.config import PaperConfig
-from kernel.events import BrokerStatusChanged, OrderApproved, OrderDenied, OrderIntent, SignalBatch
+from kernel.events import (
+    KillSwitchSource,
+    OrderApproved,
+    OrderDenied,
+    OrderIntent,
+    ReconciliationChanged,
+    SignalBatch,
+)
 from kernel.model import OrderSide, Signal
 from risk.config import RiskConfig
 from risk.market import MarketHours
@@ -364,14 +371,11 @@ async def _step(h: Harness, m: Model, n: int, s: tuple[Any, ...]) -> None:
         h.state.request(s[1], who="operator", why="property")
     elif kind == "kill":
         m.kill, m.state = True, TradingState.HALTED
-        h.state.request(TradingState.HALTED, who=f"kill_switch:{s[1]}", why="property")
+        h.state.request(TradingState.HALTED, who="kill switch", why="property",
+                        kill_switch=KillSwitchSource(s[1]))
     elif kind == "reconcile":
         m.reconciling = s[1] == "recovering"
-        h.bus.publish(BrokerStatusChanged(broker="paper", status=s[1], ts=now))
-        if s[1] == "recovering":
-            # The system's reconciler answers with a pass of its own (as in the daemon);
-            # the broker stays recovering (the model's view) until it says "ready".
-            await h.reconciled_again()
+        h.bus.publish(ReconciliationChanged(ready=s[1] == "ready", why="property", ts=now))
 
 
 class TestGateProperty:
