@@ -45,7 +45,7 @@ from kernel.events import (
     ReconcileRequested,
 )
 from kernel.model import Fill, OrderSide, OrderType, TimeInForce
-from kernel.orders import ORDER_TRANSITIONS, Order, OrderStatus
+from kernel.orders import Order, OrderStatus
 
 log = structlog.get_logger("brokers.alpaca")
 
@@ -287,9 +287,8 @@ class OrderTracker:
     # -- emission ------------------------------------------------------------------------
 
     def _emit(self, order: Order, event: OrderEvent) -> bool:
-        target = ORDER_TRANSITIONS[order.status].get(type(event))
-        # Illegal here (stale or reordered), or a repeat that would change nothing.
-        if target is None or (target == order.status and not isinstance(event, OrderFilled)):
+        # Illegal here (stale, reordered), or a repeat that would change nothing.
+        if not order.changes_with(event):
             log.debug("alpaca.event_ignored", client_order_id=order.client_order_id,
                       domain_event=type(event).__name__, status=str(order.status))
             return False

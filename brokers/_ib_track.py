@@ -55,7 +55,7 @@ from kernel.events import (
     OrderRejected,
 )
 from kernel.model import Fill, OrderType, TimeInForce
-from kernel.orders import ORDER_TRANSITIONS, TERMINAL, Order, OrderStatus
+from kernel.orders import TERMINAL, Order, OrderStatus
 
 log = structlog.get_logger("brokers.ib")
 
@@ -423,9 +423,8 @@ class IbTracker:
             self._terminal(order, held)
 
     def _emit(self, order: Order, event: OrderEvent) -> bool:
-        target = ORDER_TRANSITIONS[order.status].get(type(event))
         # Illegal here (stale, reordered), or a repeat that would change nothing.
-        if target is None or (target == order.status and not isinstance(event, OrderFilled)):
+        if not order.changes_with(event):
             log.debug("ib.event_ignored", client_order_id=order.client_order_id,
                       domain_event=type(event).__name__, status=str(order.status))
             return False

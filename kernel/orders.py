@@ -218,6 +218,13 @@ class Order:
     def avg_fill_price(self) -> Decimal | None:
         return self.filled_notional / self.filled_qty if self.filled_qty else None
 
+    def changes_with(self, event: OrderEvent) -> bool:
+        """Whether ``event`` is legal in the current status and would change the order: a
+        status the order already has is a repeat (fills are judged by ``apply`` itself).
+        Adapters filter streams that replay and reorder with it before ``apply``."""
+        target = ORDER_TRANSITIONS[self.status].get(type(event))
+        return target is not None and (target != self.status or isinstance(event, OrderFilled))
+
     def apply(self, event: OrderEvent) -> bool:
         """Apply a broker event; returns False when it was a duplicate fill (no change).
 
