@@ -1,7 +1,7 @@
 """Shared test helpers: the fake broker's default moment and a market-order intent.
 
 ``FakeBroker`` itself lives in ``brokers.fake`` (a sibling of the paper broker); it is
-re-exported here only so that ``tests.daemon.fake_broker`` stays one import line.
+re-exported here so a test imports the fake and its intents from one place.
 """
 
 from __future__ import annotations

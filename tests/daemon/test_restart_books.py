@@ -12,7 +12,7 @@ from config.settings import load_settings
 from daemon.app import Daemon
 from engine.journal import JOURNAL_FILE, Journal
 from kernel.errors import BrokerUnavailable
-from tests.daemon.fake_broker import FakeBroker
+from tests.kit import FakeBroker
 
 BARS = """timestamp,symbol,open,high,low,close,volume
 2024-03-05T14:30:00Z,AAPL,100.0,100.5,99.5,100.0,1000

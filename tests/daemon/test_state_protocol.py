@@ -16,7 +16,7 @@ from config.settings import load_settings
 from daemon.app import Daemon
 from kernel.events import BrokerStatusChanged, Event, TradingStateChanged
 from risk.state import TradingState
-from tests.daemon.fake_broker import T0, FakeBroker, intent
+from tests.kit import T0, FakeBroker, intent
 
 
 def _daemon(tmp_path: Path, broker: FakeBroker) -> Daemon:

@@ -501,9 +501,9 @@ class TestOrderManagerViews:
 class TestOrderManagerMemory:
     async def test_many_orders_when_ended_then_memory_bounded_and_history_dedupes(
             self, tmp_path: Path) -> None:
-        from tests.daemon.fake_broker import FakeBroker
-        from tests.daemon.fake_broker import intent as fake_intent
         from tests.daemon.session import Session
+        from tests.kit import FakeBroker
+        from tests.kit import intent as fake_intent
 
         # Arrange: memory for 3 ended orders; 12 orders placed and filled
         broker = FakeBroker()
