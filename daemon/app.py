@@ -32,7 +32,6 @@ import gc
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,6 +40,7 @@ from config.settings import Settings
 from daemon.control import ControlServer
 from daemon.live import LiveDriver, ModelSlot, phase_name
 from daemon.replay import ReplayDriver, open_tape
+from daemon.status_file import STATUS_FILE, read_status
 from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
 from engine.routing import Accounts
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("daemon.app")
 
-STATUS_FILE = "status.json"
 EXIT_AUTH = 2  # the broker refused the keys: a configuration problem, not a crash
 EXIT_STOPPED_CONNECTING = 0  # asked to stop before the broker could be reached
 _AUTH_HINTS = {
@@ -489,14 +488,6 @@ class Daemon:
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(self.status(), indent=2, default=str))
         tmp.replace(self.state_dir / STATUS_FILE)
-
-
-def read_status(state_dir: Path) -> dict[str, Any] | None:
-    path = state_dir / STATUS_FILE
-    if not path.exists():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def install_uvloop() -> Callable[..., Any]:
