@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from config.settings import Settings
 from daemon.control import ControlServer
 from daemon.live import LiveDriver, ModelSlot, phase_name
 from daemon.replay import ReplayDriver, open_tape
+from daemon.startup import settle_gc
 from daemon.status_file import STATUS_FILE, read_status
 from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
@@ -289,8 +289,7 @@ class Daemon:
                     await stack.enter_async_context(self.mqtt)
                 # Everything built at start-up lives all day: move it out of the cyclic GC's
                 # way (full collections over it cost tens of ms on the hot path).
-                gc.collect()
-                gc.freeze()
+                settle_gc()  # daemon/startup.py: one collection, freeze, thresholds back
                 self._start_tasks()
                 sup.ready(f"trading {self.settings.broker.kind}")
                 log.info("daemon.ready", accounts=self.accounts.names,

@@ -75,6 +75,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.startup import freeze_built, hold_gc
+
+    hold_gc()  # until just before READY (daemon/startup.py)
     import structlog
 
     from daemon.lock import StateDirLock, StateDirLocked
@@ -98,8 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = install_uvloop()
 
     async def main() -> int:
+        daemon = Daemon(settings)
+        freeze_built()
         # HTTP, metrics and alerts around the session (daemon/operations.py).
-        return await run_operated(Daemon(settings))
+        return await run_operated(daemon)
 
     try:
         code: int = runner(main())

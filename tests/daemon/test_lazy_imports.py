@@ -24,20 +24,29 @@ pytestmark = pytest.mark.slow
 HEAVY = ("numpy", "pandas", "scipy", "xgboost", "exchange_calendars", "alpaca", "aiohttp")
 
 _PROBE = """
-import json, sys
+import gc, json, sys
+default_gc = gc.get_threshold()
 from daemon.cli import main
 try:
     code = main(sys.argv[2:])
 except SystemExit as exc:
     code = exc.code
 with open(sys.argv[1], "w") as fh:
-    json.dump({"code": code, "modules": sorted(sys.modules)}, fh)
+    json.dump({"code": code, "modules": sorted(sys.modules), "default_gc": default_gc,
+               "gc": gc.get_threshold(), "frozen": gc.get_freeze_count()}, fh)
 """
 
 
 def _tradingd(tmp_path: Path, *argv: str, **env_extra: str) -> tuple[Any, set[str]]:
     """Run ``tradingd argv`` in a fresh interpreter: its exit code and the top-level
     packages it imported."""
+    code, packages, _ = _probe(tmp_path, *argv, **env_extra)
+    return code, packages
+
+
+def _probe(tmp_path: Path, *argv: str,
+           **env_extra: str) -> tuple[Any, set[str], dict[str, Any]]:
+    """``_tradingd``, and the garbage collector's state when the command returned."""
     out = tmp_path / "modules.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
     env.update(PYTHONPATH=str(REPO), **env_extra)
@@ -45,7 +54,7 @@ def _tradingd(tmp_path: Path, *argv: str, **env_extra: str) -> tuple[Any, set[st
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.exists(), done.stdout[-2000:] + done.stderr[-2000:]
     probe = json.loads(out.read_text())
-    return probe["code"], {m.split(".")[0] for m in probe["modules"]}
+    return probe["code"], {m.split(".")[0] for m in probe["modules"]}, probe
 
 
 def _demo_day(tmp_path: Path) -> tuple[Path, Path]:
@@ -88,7 +97,8 @@ class TestRun:
         assert code == 0 and "xgboost" in trained
         replay = ("run", "--replay", str(day), "--speed", "max")
         # Act
-        code_off, without = _tradingd(tmp_path, *replay, "--state-dir", str(tmp_path / "off"))
+        code_off, without, gc_state = _probe(tmp_path, *replay, "--state-dir",
+                                             str(tmp_path / "off"))
         code_on, with_model = _tradingd(
             tmp_path, *replay, "--state-dir", str(tmp_path / "on"),
             TRADINGD_SIGNALS__MODEL__ENABLED="true",
@@ -98,3 +108,7 @@ class TestRun:
         # ... xgboost (and its scipy) only where the model scores the bars
         assert "xgboost" not in without and "scipy" not in without
         assert "xgboost" in with_model
+        # ... and the session ran with the collector's own thresholds, over what it built
+        # after start-up only (daemon/startup.py holds it back until READY)
+        assert gc_state["gc"] == gc_state["default_gc"]
+        assert gc_state["frozen"] > 100_000
