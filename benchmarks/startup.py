@@ -1,8 +1,10 @@
 """Start to READY: ``tradingd run`` as systemd starts it, with the model and the Alpaca
 broker against the loopback emulator, from the process spawn to its ``READY=1``.
 
-Run: ``python benchmarks/startup.py [--runs 5] [--model DIR] [--keep] [--checkout DIR]``
-(from the repo; ``--checkout`` runs the daemon from another source tree, e.g. main's).
+Run: ``python benchmarks/startup.py [--runs 5] [--model DIR] [--keep] [--checkout DIR]
+[--rtt SECS]`` (from the repo; ``--checkout`` runs the daemon from another source tree,
+e.g. main's; ``--rtt`` makes the emulator answer each request after SECS, as a remote
+broker would).
 
 What it does, as an operator's machine would:
 
@@ -273,6 +275,10 @@ def main() -> int:
                    "(default: train the demo model first, as `make model` does)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for READY")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--rtt", type=float, default=0.0,
+                   help="seconds the emulator holds each request (REST and stream "
+                        "handshakes) before answering: a remote broker's round trip "
+                        "(default 0: loopback)")
     p.add_argument("--checkout", type=Path, help="run the daemon from this source tree "
                    "(e.g. `git archive main` unpacked, for a before figure)")
     args = p.parse_args()
@@ -292,6 +298,8 @@ def main() -> int:
             emu_args = ["--bars", str(day), "--rebase-now", *emu_args]
         runs: list[dict[str, Any]] = []
         with EmulatorProcess(work / "emulator.log", *emu_args) as emu:
+            if args.rtt > 0:
+                emu.call("delay_next", n=10**9, seconds=args.rtt)
             notify = work / "notify.sock"
             env = daemon_env(emu.base, model, notify, checkout)
             for i in range(args.runs):
@@ -307,6 +315,7 @@ def main() -> int:
         extra["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         extra["cpus"] = os.cpu_count()
         extra["daemon_tree"] = str(checkout or REPO)
+        extra["broker_rtt_secs"] = args.rtt
         print_json(report(runs, extra))
         return 0
     finally:

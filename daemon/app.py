@@ -39,7 +39,7 @@ from config.settings import Settings
 from daemon.control import ControlServer
 from daemon.live import LiveDriver, ModelSlot, phase_name
 from daemon.replay import ReplayDriver, open_tape
-from daemon.startup import settle_gc
+from daemon.startup import in_thread, settle_gc
 from daemon.status_file import STATUS_FILE, read_status
 from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
@@ -269,7 +269,8 @@ class Daemon:
         # KILL_SWITCH in the environment halts before anything connects.
         for system in self.systems:
             system.killswitch.check_env()
-        self.market.warm()
+        # daemon/startup.py: the calendar builds on a thread while the broker connects.
+        calendar = in_thread(self.market.warm)
         if self.replay is not None:
             self.replay.start_clock()
         try:
@@ -287,6 +288,7 @@ class Daemon:
                 self.feed = entered
                 if self.mqtt is not None:  # last in, first out: ingress stops first
                     await stack.enter_async_context(self.mqtt)
+                await calendar  # built before READY, as before
                 # Everything built at start-up lives all day: move it out of the cyclic GC's
                 # way (full collections over it cost tens of ms on the hot path).
                 settle_gc()  # daemon/startup.py: one collection, freeze, thresholds back

@@ -1,6 +1,6 @@
-"""``daemon.startup``: the collector held back during start-up and settled before READY.
-
-The collector's state is the process's: each case runs in a fresh interpreter.
+"""``daemon.startup``: the collector held back during start-up and settled before READY
+(the collector's state is the process's: each case runs in a fresh interpreter), and
+start-up work on a thread.
 """
 
 from __future__ import annotations
@@ -60,3 +60,48 @@ class TestStartupGc:
         assert r["held"] == r["default"] == r["after"]
         assert r["frozen_built"] == 0  # nothing frozen early without a hold
         assert r["cycle_collected"] and r["frozen_after"] > 0
+
+
+class TestInThread:
+    async def test_in_thread_when_awaited_then_work_done_on_another_thread(self) -> None:
+        import threading
+
+        from daemon.startup import in_thread
+
+        ran_on: list[int] = []
+        future = in_thread(lambda: ran_on.append(threading.get_ident()))
+        await future
+        assert ran_on and ran_on[0] != threading.get_ident()
+
+    async def test_in_thread_when_failing_and_never_awaited_then_nothing_reported(
+            self) -> None:
+        import asyncio
+        import gc
+
+        from daemon.startup import in_thread
+
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+        def fail() -> None:
+            raise RuntimeError("calendar unavailable")
+
+        future = in_thread(fail)
+        # a start that stopped early: nobody awaits it (wait() retrieves no outcome)
+        await asyncio.wait([future])
+        await asyncio.sleep(0)  # the done callbacks run
+        del future
+        gc.collect()
+        assert reported == []
+
+    async def test_in_thread_when_failing_and_awaited_then_raises(self) -> None:
+        import pytest
+
+        from daemon.startup import in_thread
+
+        def fail() -> None:
+            raise RuntimeError("calendar unavailable")
+
+        with pytest.raises(RuntimeError, match="calendar unavailable"):
+            await in_thread(fail)
