@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,6 +39,8 @@ from config.settings import Settings
 from daemon.control import ControlServer
 from daemon.live import LiveDriver, ModelSlot, phase_name
 from daemon.replay import ReplayDriver, open_tape
+from daemon.startup import in_thread, settle_gc
+from daemon.status_file import STATUS_FILE, read_status
 from daemon.supervisor import Supervisor
 from engine.accounts import account_specs
 from engine.routing import Accounts
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("daemon.app")
 
-STATUS_FILE = "status.json"
 EXIT_AUTH = 2  # the broker refused the keys: a configuration problem, not a crash
 EXIT_STOPPED_CONNECTING = 0  # asked to stop before the broker could be reached
 _AUTH_HINTS = {
@@ -270,7 +269,8 @@ class Daemon:
         # KILL_SWITCH in the environment halts before anything connects.
         for system in self.systems:
             system.killswitch.check_env()
-        self.market.warm()
+        # daemon/startup.py: the calendar builds on a thread while the broker connects.
+        calendar = in_thread(self.market.warm)
         if self.replay is not None:
             self.replay.start_clock()
         try:
@@ -288,10 +288,10 @@ class Daemon:
                 self.feed = entered
                 if self.mqtt is not None:  # last in, first out: ingress stops first
                     await stack.enter_async_context(self.mqtt)
+                await calendar  # built before READY, as before
                 # Everything built at start-up lives all day: move it out of the cyclic GC's
                 # way (full collections over it cost tens of ms on the hot path).
-                gc.collect()
-                gc.freeze()
+                settle_gc()  # daemon/startup.py: one collection, freeze, thresholds back
                 self._start_tasks()
                 sup.ready(f"trading {self.settings.broker.kind}")
                 log.info("daemon.ready", accounts=self.accounts.names,
@@ -489,14 +489,6 @@ class Daemon:
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(self.status(), indent=2, default=str))
         tmp.replace(self.state_dir / STATUS_FILE)
-
-
-def read_status(state_dir: Path) -> dict[str, Any] | None:
-    path = state_dir / STATUS_FILE
-    if not path.exists():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def install_uvloop() -> Callable[..., Any]:

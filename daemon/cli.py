@@ -75,6 +75,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.startup import freeze_built, hold_gc
+
+    hold_gc()  # until just before READY (daemon/startup.py)
     import structlog
 
     from daemon.lock import StateDirLock, StateDirLocked
@@ -98,8 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = install_uvloop()
 
     async def main() -> int:
+        daemon = Daemon(settings)
+        freeze_built()
         # HTTP, metrics and alerts around the session (daemon/operations.py).
-        return await run_operated(Daemon(settings))
+        return await run_operated(daemon)
 
     try:
         code: int = runner(main())
@@ -142,8 +147,8 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.app import read_status
     from daemon.control import request
+    from daemon.status_file import read_status
 
     state_dir = _state_dir(args)
     try:
@@ -275,6 +280,13 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from signals import train  # numpy, pandas, xgboost: for this command only
+
+    code: int = train.run(args)
+    return code
+
+
 def _control(cmd: str, arg_names: tuple[str, ...] = ()) -> Any:
     """A subcommand that sends ``cmd`` to the running daemon and prints its reply."""
 
@@ -318,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
 
-    from signals import train
+    from signals.train_options import add_arguments
 
     p = sub.add_parser("train", help="train the XGBoost signal model on minute bars")
-    train.add_arguments(p)
-    p.set_defaults(func=train.run)
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
     _operator_commands(sub)
     return parser
 

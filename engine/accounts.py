@@ -13,6 +13,7 @@ variables its ``credentials`` name; its limits are the root ``risk`` section wit
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,12 +21,23 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from brokers.config import BrokerConfig
 from engine.config import AccountConfig, RoutingConfig
-from engine.system import SystemSpec
 from kernel.errors import ConfigError
 from risk.config import RiskConfig
 
 ACCOUNTS_DIR = "accounts"
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """What distinguishes one account: its name, broker, limits and state directory
+    (``engine.system.build_system`` wires a trading system from one). Here rather than
+    beside ``TradingSystem`` so that loading the settings imports no trading system."""
+
+    name: str
+    broker: BrokerConfig
+    risk: RiskConfig
+    state_dir: Path
 
 
 def account_specs(
@@ -113,4 +125,4 @@ def _laid_over(key: str, base: M, keys: Mapping[str, Any]) -> M:
         raise ConfigError(f"{key}.{where}", value, err["msg"]) from None
 
 
-__all__ = ["ACCOUNTS_DIR", "account_specs", "check_routing"]
+__all__ = ["ACCOUNTS_DIR", "SystemSpec", "account_specs", "check_routing"]

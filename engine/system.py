@@ -26,15 +26,13 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import structlog
 
-from brokers.config import BrokerConfig
 from brokers.factory import create_broker
+from engine.accounts import SystemSpec
 from engine.config import DaemonConfig
 from engine.durable import DurableBroker
 from engine.execution import OrderManager
@@ -79,16 +77,6 @@ log = structlog.get_logger("engine.system")
 # A broker not built from configuration: given the sink its reports must go to (the
 # system's), it returns the broker. ``FakeBroker.connect`` is one.
 BrokerFactory = Callable[[EventSink], Broker]
-
-
-@dataclass(frozen=True, slots=True)
-class SystemSpec:
-    """What distinguishes one account: its name, broker, limits and state directory."""
-
-    name: str
-    broker: BrokerConfig
-    risk: RiskConfig
-    state_dir: Path
 
 
 class TradingSystem:

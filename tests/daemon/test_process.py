@@ -40,10 +40,13 @@ class TestSystemdProcess:
         sock.settimeout(20)
         proc = _spawn(tmp_path, {"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "200000"})
         try:
-            # Act
+            # Act: READY once trading; keep-alives from the loop, which may beat while the
+            # daemon is still starting (it yields while the calendar builds on a thread)
             messages: list[str] = []
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not any("WATCHDOG=1" in m for m in messages):
+            while time.monotonic() < deadline and not (
+                    any("READY=1" in m for m in messages)
+                    and any("WATCHDOG=1" in m for m in messages)):
                 messages.append(sock.recv(4096).decode())
             assert any("READY=1" in m for m in messages), messages
             assert any("WATCHDOG=1" in m for m in messages), messages
