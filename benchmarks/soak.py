@@ -71,6 +71,7 @@ DAEMON_ENV = {
     "TRADINGD_BROKER__ALPACA__RATE_LIMIT_PER_MIN": "100000",
     "TRADINGD_DAEMON__RECONCILE_INTERVAL_SECS": "3",
     "TRADINGD_DAEMON__EXECUTION_TIMEOUT_SECS": "15",
+    "TRADINGD_HTTP__LISTEN": "127.0.0.1:0",  # not the fixed port of a daemon beside it
     "PYTHONUNBUFFERED": "1",
 }
 REFUSALS = ("qty must be a whole number of shares", "limit_price must be > 0",

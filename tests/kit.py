@@ -6,6 +6,7 @@ re-exported here so a test imports the fake and its intents from one place.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from decimal import Decimal
 
@@ -26,3 +27,13 @@ def intent(cid: str, symbol: str = "AAPL", qty: int = 10, side: OrderSide = Orde
 
 
 __all__ = ["T0", "FakeBroker", "intent"]
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``tradingd`` process a test starts: this one without any
+    ``TRADINGD_``/``APCA_`` setting of the developer's, the HTTP server on a free port
+    (a daemon the developer runs beside the tests keeps 127.0.0.1:8787), then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env["TRADINGD_HTTP__LISTEN"] = "127.0.0.1:0"
+    env.update(extra)
+    return env

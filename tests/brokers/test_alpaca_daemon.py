@@ -8,7 +8,6 @@ msgpack data stream). At the end the daemon's books must equal the emulator's ex
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from signals import demodata
 from tests.daemon.lives import unit_exec_start
 from tests.data import REPO
+from tests.kit import process_env
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ KEY, SECRET = "PKTESTE2E0000000", "e2e-secret-canary-0123456789"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET, **extra)
     return env
 

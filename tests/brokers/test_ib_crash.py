@@ -25,6 +25,7 @@ from engine.journal import JOURNAL_FILE, Journal
 from tests.daemon.lives import kill_lives
 from tests.data import REPO, SAMPLE_CSV, require
 from tests.fake_tws.process import FakeTwsProcess
+from tests.kit import process_env
 
 SPEED = "1500"  # a one-minute bar every 40 ms
 RANDOM_KILLS = 6
@@ -52,7 +53,7 @@ def _day(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def _env(port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     return {**env, **ENV, "TRADINGD_BROKER__IB__PORT": str(port)}
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ import pytest
 
 from signals import demodata
 from tests.data import REPO
+from tests.kit import process_env
 
 pytestmark = pytest.mark.slow
 
 
 def _tradingd(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
@@ -85,7 +85,7 @@ class TestRunFeedRules:
 
 def _tradingd_env(cwd: Path, extra: dict[str, str], *args: str
                   ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env.update(PYTHONPATH=str(REPO), **extra)
     return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, check=False)

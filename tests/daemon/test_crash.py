@@ -34,6 +34,7 @@ ENV = {
     "TRADINGD_RISK__MAX_ORDERS_PER_DAY": "100000",
     "TRADINGD_BROKER__PAPER__MAX_FILL_VOLUME_PCT": "0.0005",
     "TRADINGD_BROKER__PAPER__ACK_LATENCY_MS": "15",
+    "TRADINGD_HTTP__LISTEN": "127.0.0.1:0",  # never the fixed port of a daemon beside us
     "PYTHONUNBUFFERED": "1",
 }
 

@@ -25,6 +25,7 @@ from engine.journal import JOURNAL_FILE, Journal
 from signals import demodata
 from tests.daemon.lives import kill_lives, wait_for
 from tests.data import REPO
+from tests.kit import process_env
 
 KILLS = 20
 SYMBOLS = [f"DEMO{i:02d}" for i in range(12)]
@@ -44,7 +45,7 @@ ENV = {
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     return {**env, **KEYS, **extra}
 
 

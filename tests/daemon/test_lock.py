@@ -17,10 +17,11 @@ import pytest
 from daemon.lock import StateDirLock, StateDirLocked
 from signals import demodata
 from tests.data import REPO
+from tests.kit import process_env
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    return process_env()
 
 
 def _tradingd(*args: str, state: Path) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,13 +14,14 @@ import pytest
 
 from signals import demodata
 from tests.data import REPO
+from tests.kit import process_env
 
 pytestmark = pytest.mark.slow
 
 
 def _spawn(tmp_path: Path, env_extra: dict[str, str]) -> subprocess.Popen[str]:
     csv = demodata.write(tmp_path / "day.csv", days=1, n_symbols=10, seed=5)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env.update(env_extra)
     return subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", "run", "--replay", str(csv), "--speed", "60",

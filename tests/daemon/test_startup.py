@@ -20,6 +20,7 @@ from engine.journal import JOURNAL_FILE, Journal
 from signals import demodata
 from tests.daemon.lives import unit_exec_start
 from tests.data import REPO
+from tests.kit import process_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def _free_port() -> int:
 
 
 def _env(base: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET, APCA_API_BASE_URL=base,
                APCA_API_DATA_URL=base, TRADINGD_FEED__SOURCE="alpaca",
                TRADINGD_FEED__SYMBOLS='["DEMO00", "DEMO01"]',

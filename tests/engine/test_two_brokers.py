@@ -12,7 +12,6 @@ them. At the end each account's books equal its broker's, and the totals are the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from signals import demodata
 from tests.alpaca_emulator.process import EmulatorProcess
 from tests.data import REPO
 from tests.fake_tws.process import FakeTwsProcess
+from tests.kit import process_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ GLOBAL_GROSS = 0.08
 
 
 def _env(base: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET, APCA_API_BASE_URL=base,
                APCA_API_DATA_URL=base, PYTHONUNBUFFERED="1")
     return env

@@ -4,7 +4,6 @@ process (the shipped config, only APCA_* in the environment) against the emulato
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -21,6 +20,7 @@ import pytest
 from daemon.cli import build_parser
 from signals import demodata
 from tests.data import REPO
+from tests.kit import process_env
 
 UNIT = REPO / "systemd" / "paper-trading-session.service"
 KEY, SECRET = "PKUNITTEST000000", "unit-secret-canary-77"
@@ -82,7 +82,7 @@ class TestUnitFile:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADINGD_", "APCA_"))}
+    env = process_env()
     env.update(PYTHONPATH=str(REPO), APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET, **extra)
     return env
 
