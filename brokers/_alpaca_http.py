@@ -1,4 +1,5 @@
-"""Transport policy for the Alpaca adapter: error mapping, rate budget, secret scrubbing.
+"""Transport policy for the Alpaca adapter: error mapping, rate budget, secret scrubbing,
+and the bounded timing rings the round-trip benchmark reads.
 
 Kept free of ``alpaca`` imports: the adapter hands in what it caught (HTTP status and
 body text, or a ``requests`` exception) and gets one of our ``BrokerError``s back.
@@ -11,6 +12,7 @@ import json
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -190,3 +192,32 @@ def ws_url(http_url: str, path: str, *, data: bool = False) -> str:
     if data and host in ("data.alpaca.markets", "data.sandbox.alpaca.markets"):
         host = "stream." + host
     return urlunsplit((scheme, host, path, "", ""))
+
+
+class Ring(list[int]):
+    """A list that keeps only its newest ``size`` to ``2 x size`` values (diagnostics
+    must not grow with the session); slicing and ``len`` work on what is kept."""
+
+    def __init__(self, size: int = 4096) -> None:
+        super().__init__()
+        self._size = size
+
+    def append(self, value: int) -> None:
+        super().append(value)
+        if len(self) > 2 * self._size:
+            del self[: self._size]
+
+
+@dataclass(slots=True)
+class Timings:
+    """Where submit/event time goes (for the benchmark; all in ns, newest values only).
+
+    ``io_ns`` is measured inside the worker thread around the SDK call (SDK + HTTP +
+    emulator); ``call_ns`` around the whole awaited call on the loop. ``event_ns`` is
+    the loop-side handling of one stream update (mapping, FSM check, sink).
+    """
+
+    call_ns: Ring = field(default_factory=Ring)
+    io_ns: Ring = field(default_factory=Ring)
+    event_ns: Ring = field(default_factory=Ring)
+    hop_ns: Ring = field(default_factory=Ring)

@@ -1,6 +1,6 @@
-"""The Alpaca broker adapter (alpaca-py 0.44) and the Alpaca minute-bar feed.
+"""The Alpaca broker adapter (alpaca-py 0.44); the minute-bar feed is ``_alpaca_feed``.
 
-This is the only module of tradingd that imports ``alpaca``. The SDK is synchronous
+Only this module and its ``_alpaca_*`` siblings import ``alpaca``. The SDK is synchronous
 (``requests``) and runs its websockets on private event loops, so: REST calls go through
 ``asyncio.to_thread``, stream callbacks hop onto our loop with ``call_soon_threadsafe``,
 and every domain event is reported through the sink on the loop's thread.
@@ -39,38 +39,22 @@ import functools
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
 
-import numpy as np
 import requests
 import structlog
-import websockets
 from alpaca.common.exceptions import APIError
-from alpaca.data.enums import DataFeed
-from alpaca.data.historical import StockHistoricalDataClient
-from alpaca.data.live import StockDataStream
-from alpaca.data.requests import StockBarsRequest
-from alpaca.data.timeframe import TimeFrame
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide as AlpacaSide
 from alpaca.trading.enums import QueryOrderStatus
-from alpaca.trading.enums import TimeInForce as AlpacaTif
 from alpaca.trading.requests import (
     GetCalendarRequest,
     GetOrdersRequest,
-    LimitOrderRequest,
-    MarketOrderRequest,
-    OrderRequest,
     ReplaceOrderRequest,
-    StopLimitOrderRequest,
-    StopOrderRequest,
 )
-from alpaca.trading.stream import TradingStream
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -78,10 +62,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from brokers._alpaca_feed import AlpacaBarFeed
 from brokers._alpaca_http import (
     RateBudget,
     Scrubber,
     ScrubFilter,
+    Timings,
     is_duplicate_cid,
     map_http_error,
     map_transport_error,
@@ -94,9 +80,15 @@ from brokers._alpaca_map import (
     broker_order,
     broker_position,
     market_clock,
-    order_body_fields,
-    parse_ts,
     trading_session,
+)
+from brokers._alpaca_sdk import (
+    HookedTradingStream,
+    StreamHooks,
+    harden,
+    order_request,
+    sdk_keys,
+    thread_stop,
 )
 from brokers._alpaca_track import OrderTracker
 from brokers.config import AlpacaConfig
@@ -110,170 +102,18 @@ from kernel.errors import (
     BrokerUnavailable,
 )
 from kernel.events import (
-    BarBatch,
     BrokerStatus,
     BrokerStatusChanged,
     Event,
     OrderIntent,
     ReconcileRequested,
 )
-from kernel.model import AccountSnapshot, BrokerPosition, MarketClock, OrderType
+from kernel.model import AccountSnapshot, BrokerPosition, MarketClock
 
 __all__ = ["AlpacaBarFeed", "AlpacaBroker", "TradingSession"]
 
 log = structlog.get_logger("brokers.alpaca")
 T = TypeVar("T")
-
-_STREAM_STOP_SECS = 5.0
-
-
-def _keys(cfg: AlpacaConfig) -> tuple[str, str]:
-    if cfg.key_id is None or cfg.secret_key is None:
-        raise BrokerAuthError(
-            "Alpaca API keys missing: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
-    key, secret = cfg.key_id.get_secret_value(), cfg.secret_key.get_secret_value()
-    if not key or not secret:
-        raise BrokerAuthError(
-            "Alpaca API keys empty: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
-    return key, secret
-
-
-def _harden(client: Any, timeout: float) -> None:
-    """No blind SDK retries (a retried POST can double-submit), and a timeout on every
-    request (the SDK sets none, so a hung server would hang the call forever)."""
-    client._retry = 0  # ``while retry >= 0`` in RESTClient._request: one attempt
-    client._retry_wait = 0
-    session: requests.Session = client._session
-    raw = session.request
-
-    @functools.wraps(raw)
-    def request(method: str, url: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", timeout)
-        return raw(method, url, **kwargs)
-
-    session.request = request  # type: ignore[method-assign,assignment]
-
-
-class Ring(list[int]):
-    """A list that keeps only its newest ``size`` to ``2 x size`` values (diagnostics
-    must not grow with the session); slicing and ``len`` work on what is kept."""
-
-    def __init__(self, size: int = 4096) -> None:
-        super().__init__()
-        self._size = size
-
-    def append(self, value: int) -> None:
-        super().append(value)
-        if len(self) > 2 * self._size:
-            del self[: self._size]
-
-
-@dataclass(slots=True)
-class Timings:
-    """Where submit/event time goes (for the benchmark; all in ns, newest values only).
-
-    ``io_ns`` is measured inside the worker thread around the SDK call (SDK + HTTP +
-    emulator); ``call_ns`` around the whole awaited call on the loop. ``event_ns`` is
-    the loop-side handling of one stream update (mapping, FSM check, sink).
-    """
-
-    call_ns: Ring = field(default_factory=Ring)
-    io_ns: Ring = field(default_factory=Ring)
-    event_ns: Ring = field(default_factory=Ring)
-    hop_ns: Ring = field(default_factory=Ring)
-
-
-class _HookedTradingStream(TradingStream):
-    """``TradingStream`` with hooks the SDK lacks: connected (auth ok), auth failed,
-    dropped, and a timestamp of the last frame of any kind. Hooks run on the stream's
-    thread; the adapter hops them onto its loop."""
-
-    def __init__(self, *args: Any, hooks: _StreamHooks, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.hooks = hooks
-        self.stopping = False
-        self.last_frame = time.monotonic()
-
-    async def _auth(self) -> None:
-        try:
-            await super()._auth()  # type: ignore[no-untyped-call]
-        except ValueError:
-            self.hooks.auth_failed()
-            raise
-
-    async def _start_ws(self) -> None:
-        await super()._start_ws()  # type: ignore[no-untyped-call]
-        self.last_frame = time.monotonic()
-        self.hooks.connected()
-
-    async def _consume(self) -> None:
-        try:
-            await super()._consume()  # type: ignore[no-untyped-call]
-        except websockets.WebSocketException as exc:
-            if not self.stopping:
-                self.hooks.dropped(type(exc).__name__)
-            raise
-
-    async def _dispatch(self, msg: dict[str, Any]) -> None:
-        self.last_frame = time.monotonic()
-        await super()._dispatch(msg)
-
-    async def probe(self, wait_secs: float) -> bool:
-        """A websocket ping; True if the pong came back within ``wait_secs``."""
-        ws = self._ws
-        if ws is None:
-            return False
-        try:
-            waiter = await ws.ping()
-            await asyncio.wait_for(waiter, wait_secs)
-        except (TimeoutError, websockets.WebSocketException, RuntimeError):
-            return False
-        self.last_frame = time.monotonic()
-        return True
-
-    async def cut(self) -> None:
-        """Abort the socket: the SDK sees a transport error and reconnects."""
-        ws = self._ws
-        if ws is not None and ws.transport is not None:
-            ws.transport.abort()
-
-    async def shutdown(self) -> None:
-        self.stopping = True
-        await self.stop_ws()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.close(), 1.0)
-        await self.cut()
-
-
-@dataclass(slots=True)
-class _StreamHooks:
-    connected: Callable[[], None]
-    auth_failed: Callable[[], None]
-    dropped: Callable[[str], None]
-
-
-def _thread_stop(
-    get_loop: Callable[[], asyncio.AbstractEventLoop | None],
-    coro: Callable[[], Coroutine[Any, Any, None]],
-    fallback: Callable[[], None], thread: threading.Thread | None,
-) -> None:
-    """Stop an SDK stream from outside its thread and wait for the thread to end.
-
-    The SDK's ``_run_forever`` clears its stop queue and sets ``_should_run`` when it
-    starts, so a stop sent before its loop exists would be lost: wait for the loop.
-    """
-    deadline = time.monotonic() + _STREAM_STOP_SECS
-    while (get_loop() is None and thread is not None and thread.is_alive()
-           and time.monotonic() < deadline):
-        time.sleep(0.01)
-    loop = get_loop()
-    if loop is not None and loop.is_running():
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(coro(), loop).result(_STREAM_STOP_SECS)
-    else:
-        fallback()
-    if thread is not None:
-        thread.join(_STREAM_STOP_SECS)
 
 
 class AlpacaBroker:
@@ -299,7 +139,7 @@ class AlpacaBroker:
         self._budget = RateBudget(cfg.rate_limit_per_min)
         self._tracker = OrderTracker(self._report, clock.now)
         self._client: TradingClient | None = None
-        self._stream: _HookedTradingStream | None = None
+        self._stream: HookedTradingStream | None = None
         self._stream_thread: threading.Thread | None = None
         self._scrub = Scrubber()
         self._log_filter: ScrubFilter | None = None
@@ -316,7 +156,7 @@ class AlpacaBroker:
 
     async def __aenter__(self) -> Self:
         self._loop = self._loop or asyncio.get_running_loop()
-        key, secret = _keys(self._cfg)
+        key, secret = sdk_keys(self._cfg)
         self._scrub = Scrubber(key, secret)
         self._log_filter = ScrubFilter(self._scrub)
         self._log_filter.install()
@@ -330,7 +170,7 @@ class AlpacaBroker:
     async def _start(self, key: str, secret: str) -> None:
         self._client = TradingClient(
             key, secret, paper=True, raw_data=True, url_override=self._cfg.base_url.rstrip("/"))
-        _harden(self._client, self._cfg.request_timeout_secs)
+        harden(self._client, self._cfg.request_timeout_secs)
         await self.account()  # 401/403 here -> BrokerAuthError, once, no retry storm
         for o in await self._io("open_orders", self._raw_open_orders):
             self._tracker.adopt(o)
@@ -365,7 +205,7 @@ class AlpacaBroker:
                 stream._should_run = False
                 stream._stop_stream_queue.put_nowait({"should_stop": True})
 
-            await asyncio.to_thread(_thread_stop, lambda: stream._loop, stream.shutdown,
+            await asyncio.to_thread(thread_stop, lambda: stream._loop, stream.shutdown,
                                     fallback, thread)
         if self._client is not None:
             self._client._session.close()
@@ -405,11 +245,11 @@ class AlpacaBroker:
 
             return call
 
-        hooks = _StreamHooks(connected=hop(self._on_stream_connected),
+        hooks = StreamHooks(connected=hop(self._on_stream_connected),
                              auth_failed=hop(self._on_stream_auth_failed),
                              dropped=hop(self._on_stream_dropped))
         silence = self._cfg.stream_silence_secs
-        stream = _HookedTradingStream(
+        stream = HookedTradingStream(
             key, secret, paper=True, raw_data=True, url_override=self._stream_url(),
             websocket_params={"ping_interval": silence, "ping_timeout": silence,
                               "max_queue": 1024, "close_timeout": 1},
@@ -603,7 +443,7 @@ class AlpacaBroker:
             BrokerUnavailable: certainly not placed (rate limited, connection refused).
         """
         cid = intent.client_order_id
-        req = self._order_request(intent)
+        req = order_request(intent)
         self._tracker.track_intent(intent)
         log.info("alpaca.submit", client_order_id=cid, symbol=intent.symbol,
                  side=str(intent.side), qty=intent.qty, order_type=str(intent.order_type),
@@ -678,41 +518,6 @@ class AlpacaBroker:
 
     def _adopt(self, o: dict[str, Any]) -> None:
         self._tracker.apply_snapshot(o)
-
-    @classmethod
-    def _order_request(cls, intent: OrderIntent) -> OrderRequest:
-        """The SDK request for ``intent``. Raises ``BrokerRejected`` (nothing was sent)
-        when the order cannot be expressed: our own check or the SDK's validation."""
-        try:
-            return cls._build_request(intent)
-        except BrokerRejected:
-            raise
-        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
-            log.warning("alpaca.unbuildable", client_order_id=intent.client_order_id,
-                        error=str(exc)[:300])
-            raise BrokerRejected(f"order not sent: {str(exc)[:300]}") from exc
-
-    @staticmethod
-    def _build_request(intent: OrderIntent) -> OrderRequest:
-        order_body_fields(order_type=intent.order_type, limit_price=intent.limit_price,
-                          stop_price=intent.stop_price)
-        common: dict[str, Any] = {
-            "symbol": intent.symbol, "qty": intent.qty, "side": AlpacaSide(intent.side.value),
-            "time_in_force": AlpacaTif(intent.time_in_force.value),
-            "client_order_id": intent.client_order_id,
-        }
-        lp = float(intent.limit_price) if intent.limit_price is not None else None
-        sp = float(intent.stop_price) if intent.stop_price is not None else None
-        match intent.order_type:
-            case OrderType.MARKET:
-                return MarketOrderRequest(**common)
-            case OrderType.LIMIT:
-                return LimitOrderRequest(**common, limit_price=lp)
-            case OrderType.STOP:
-                return StopOrderRequest(**common, stop_price=sp)
-            case OrderType.STOP_LIMIT:
-                return StopLimitOrderRequest(**common, limit_price=lp, stop_price=sp)
-        raise BrokerRejected(f"unsupported order type {intent.order_type}")
 
     async def _broker_id(self, cid: str) -> str:
         order = self._tracker.orders.get(cid)
@@ -831,11 +636,11 @@ class AlpacaBroker:
         Raises:
             BrokerAuthError: keys missing (the first query raises it for refused keys).
         """
-        key, secret = _keys(self._cfg)
+        key, secret = sdk_keys(self._cfg)
         self._scrub = Scrubber(key, secret)
         self._client = TradingClient(
             key, secret, paper=True, raw_data=True, url_override=self._cfg.base_url.rstrip("/"))
-        _harden(self._client, self._cfg.request_timeout_secs)
+        harden(self._client, self._cfg.request_timeout_secs)
         try:
             yield self
         finally:
@@ -859,156 +664,3 @@ class AlpacaBroker:
             elif not a.get("tradable", False):
                 out[sym] = "not tradable"
         return out
-
-
-class AlpacaBarFeed:
-    """Live minute bars from Alpaca's data stream, one ``BarBatch`` per minute.
-
-    Bars of one minute (bar start ``ts``) are grouped across symbols and delivered to
-    ``on_batch`` on the loop when every subscribed symbol has reported, when a bar of a
-    later minute arrives, or ``flush_after_secs`` after the minute's first bar.
-
-    Args:
-        cfg: endpoints, keys and ``feed`` (iex or sip).
-        symbols: what to subscribe to.
-        on_batch: called on the loop's thread with each ``BarBatch``.
-    """
-
-    def __init__(
-        self, cfg: AlpacaConfig, *, symbols: list[str], on_batch: Callable[[BarBatch], None],
-        flush_after_secs: float = 2.0, loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self._cfg = cfg
-        self._symbols = list(dict.fromkeys(symbols))
-        self._on_batch = on_batch
-        self._flush_after = flush_after_secs
-        self._loop = loop
-        self._pending: dict[datetime, dict[str, tuple[float, float, float, float, float]]] = {}
-        self._timers: dict[datetime, asyncio.TimerHandle] = {}
-        self._stream: StockDataStream | None = None
-        self._thread: threading.Thread | None = None
-        self._hist: StockHistoricalDataClient | None = None
-        self._last_flushed: datetime | None = None
-        self._filter: ScrubFilter | None = None
-        self._scrub = Scrubber()
-
-    def __repr__(self) -> str:
-        return f"AlpacaBarFeed(data_url={self._cfg.data_url!r}, feed={self._cfg.feed!r})"
-
-    def _feed(self) -> DataFeed:
-        return DataFeed.SIP if self._cfg.feed == "sip" else DataFeed.IEX
-
-    def _historical(self) -> StockHistoricalDataClient:
-        if self._hist is None:
-            key, secret = _keys(self._cfg)
-            self._scrub = Scrubber(key, secret)
-            self._hist = StockHistoricalDataClient(
-                key, secret, raw_data=True, url_override=self._cfg.data_url.rstrip("/"))
-            _harden(self._hist, self._cfg.request_timeout_secs)
-        return self._hist
-
-    async def __aenter__(self) -> Self:
-        self._loop = self._loop or asyncio.get_running_loop()
-        key, secret = _keys(self._cfg)
-        self._scrub = Scrubber(key, secret)
-        self._filter = ScrubFilter(self._scrub)
-        self._filter.install()
-        url = ws_url(self._cfg.data_url, f"/v2/{self._cfg.feed}", data=True)
-        self._stream = StockDataStream(key, secret, feed=self._feed(), raw_data=True,
-                                       url_override=url)
-        self._stream._reconnect_min_backoff = self._cfg.reconnect_backoff_secs
-        loop = self._loop
-
-        async def on_bar(msg: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(self._on_bar, msg)
-
-        self._stream.subscribe_bars(on_bar, *self._symbols)  # type: ignore[arg-type]
-        self._thread = threading.Thread(target=self._stream.run, name="alpaca.data_stream",
-                                        daemon=True)
-        self._thread.start()
-        log.info("alpaca.data_started", url=url, symbols=len(self._symbols))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        stream, thread = self._stream, self._thread
-        if stream is not None:
-            async def shutdown() -> None:
-                await stream.stop_ws()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(stream.close(), 1.0)
-
-            def fallback() -> None:
-                stream._should_run = False
-                stream._stop_stream_queue.put_nowait({"should_stop": True})
-
-            await asyncio.to_thread(_thread_stop, lambda: stream._loop, shutdown, fallback,
-                                    thread)
-        for h in self._timers.values():
-            h.cancel()
-        for ts in sorted(self._pending):
-            self._flush(ts)
-        if self._filter is not None:
-            self._filter.uninstall()
-        self._stream = self._thread = None
-
-    def _on_bar(self, msg: dict[str, Any]) -> None:
-        t: Any = msg.get("t")
-        ts = t.to_datetime() if hasattr(t, "to_datetime") else parse_ts(t)
-        if ts is None or msg.get("S") is None:
-            return
-        ts = ts.astimezone(UTC)
-        if self._last_flushed is not None and ts <= self._last_flushed:
-            log.info("alpaca.late_bar", symbol=msg["S"], ts=ts.isoformat())
-            return
-        row = self._pending.setdefault(ts, {})
-        row[str(msg["S"])] = (float(msg["o"]), float(msg["h"]), float(msg["l"]),
-                              float(msg["c"]), float(msg["v"]))
-        for older in [k for k in self._pending if k < ts]:
-            self._flush(older)
-        if len(row) >= len(self._symbols):
-            self._flush(ts)
-        elif ts not in self._timers and self._loop is not None:
-            self._timers[ts] = self._loop.call_later(self._flush_after, self._flush, ts)
-
-    def _flush(self, ts: datetime) -> None:
-        row = self._pending.pop(ts, None)
-        timer = self._timers.pop(ts, None)
-        if timer is not None:
-            timer.cancel()
-        if not row:
-            return
-        self._last_flushed = max(ts, self._last_flushed or ts)
-        self._on_batch(_batch(ts, row, time.perf_counter_ns()))
-
-    async def warmup_bars(self, symbols: list[str], start: datetime,
-                          end: datetime) -> list[BarBatch]:
-        """Historical minute bars in ``[start, end]`` as batches, oldest first (the SDK
-        follows ``next_page_token`` until the range is complete)."""
-        hist = self._historical()
-        req = StockBarsRequest(symbol_or_symbols=symbols, timeframe=TimeFrame.Minute,
-                               start=start, end=end, feed=self._feed())
-        try:
-            raw: Any = await asyncio.to_thread(hist.get_stock_bars, req)
-        except APIError as exc:
-            raise map_http_error(exc.status_code or 0, str(exc), what="stock_bars",
-                                 effectful=False, scrub=self._scrub) from exc
-        except requests.RequestException as exc:
-            raise map_transport_error(exc, what="stock_bars", effectful=False,
-                                      scrub=self._scrub) from exc
-        by_ts: dict[datetime, dict[str, tuple[float, float, float, float, float]]] = {}
-        for sym, bars in (raw or {}).items():
-            for b in bars:
-                ts = parse_ts(b["t"])
-                assert ts is not None
-                by_ts.setdefault(ts, {})[sym] = (float(b["o"]), float(b["h"]), float(b["l"]),
-                                                 float(b["c"]), float(b["v"]))
-        return [_batch(ts, by_ts[ts], 0) for ts in sorted(by_ts)]
-
-
-def _batch(ts: datetime, row: dict[str, tuple[float, float, float, float, float]],
-           received_ns: int) -> BarBatch:
-    syms = tuple(sorted(row))
-    arr = np.array([row[s] for s in syms], dtype=np.float64).reshape(len(syms), 5)
-    return BarBatch(ts=ts, symbols=syms, open=arr[:, 0].copy(), high=arr[:, 1].copy(),
-                    low=arr[:, 2].copy(), close=arr[:, 3].copy(), volume=arr[:, 4].copy(),
-                    received_ns=received_ns)
