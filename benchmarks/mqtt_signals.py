@@ -3,16 +3,21 @@
 Starts its own Mosquitto on a free port. A producer in a *separate process* publishes
 single-signal JSON payloads (QoS 1) to ``bench/signals``; each carries its send time
 (``time.monotonic_ns``, the same CLOCK_MONOTONIC in both processes) in its id. The
-daemon side is the real path: ``MqttBridge`` (validation, dedup, ``Inbox.offer``) -> a
-pump task -> ``Sizer`` -> the real risk ``Gate`` (every check, XNYS market hours). The
-latency of a signal ends when the gate decides (``OrderApproved`` or ``OrderDenied``).
-Every decision is published by the bridge as an event (QoS 1). An approved order goes to
-a sink that reports it submitted and canceled at once, so the books stay flat.
+daemon side is the product's path, wired as ``daemon.app.Daemon`` wires it for one
+account from the shipped ``config/execution.yaml``: the real ``MqttBridge`` (validation,
+dedup, ``Inbox.offer``) -> the inbox pump onto the daemon's bus -> routing
+(``engine.routing.Accounts``) -> the account's ``TradingSystem`` from
+``engine.system.build_system`` (sizing, the risk gate with every check and XNYS market
+hours, the order manager, the journal, session stats). The latency of a signal ends when
+the gate decides (``OrderApproved`` or ``OrderDenied``). Every decision is journaled and
+handed to the bridge to publish (denials within ``lossy_events_per_sec``); the log is the
+daemon's own JSON log at ``info``, written to a file (every decision is a line). The
+broker is a sink that acknowledges and cancels each order at once: the books stay flat.
 
 Risk limits are the shipped ones by default: the gate approves the day's first orders
 and then denies with its order-count reasons (``MAX_ORDERS_*``), each decision a full
-evaluation; ``--relaxed`` lifts those limits so every signal becomes an order (three
-order events per signal to publish instead of one denial).
+evaluation; ``--relaxed`` lifts those limits so every signal becomes an order (journaled
+with an fsync per burst, three order events per signal to publish instead of one denial).
 
 Phases: ``blast`` (N one-signal messages as fast as the producer can publish them:
 throughput, from the first send to the last decision), ``paced`` (one-signal messages at a
@@ -20,7 +25,7 @@ steady rate well below capacity: the latency of a signal through Mosquitto when 
 queues) and ``batch`` (N signals as 10-symbol batch messages, the model's shape, as fast
 as possible). "CPU µs/signal" is this process's CPU time per signal, i.e. the daemon
 side's cost whatever else the machine is running; its inverse is the capacity of one free
-core. Log lines are filtered, not rendered (rendering is the logger's cost).
+core. ``--profile FILE`` runs the blast phase under cProfile.
 
 Targets: at least 5,000 signals/s (the one-signal blast is the headline figure); paced
 p99 under 5 ms. Prints a table, then as its LAST line one JSON object with the figures.
@@ -31,47 +36,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
 import gc
-import logging
 import multiprocessing as mp
 import os
+import pstats
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import percentile, print_json
+from config.settings import Settings, load_settings
 from daemon.app import install_uvloop
-from engine.execution import OrderManager
+from engine.accounts import account_specs
+from engine.routing import Accounts
+from engine.system import TradingSystem, build_system
+from kernel import logging as dlog
+from kernel.broker import BrokerFill, BrokerOrder, EventSink
 from kernel.bus import Bus
 from kernel.clock import ReplayClock
+from kernel.errors import BrokerRejected
 from kernel.events import (
     BarBatch,
+    Event,
     OrderApproved,
     OrderCanceled,
     OrderDenied,
-    OrderSubmitted,
+    OrderIntent,
+    OrderNew,
     SignalBatch,
-    SubmitOrder,
 )
 from kernel.inbox import Inbox
-from portfolio.book import Portfolio
-from risk.config import RiskConfig
-from risk.gate import Gate
+from kernel.model import AccountSnapshot, BrokerPosition, MarketClock
 from risk.market import MarketHours
-from risk.sizing import Sizer
-from risk.state import TradingStatus
-from risk.wiring import wire_risk
-from signals.config import MqttConfig
 from signals.mqtt import MqttBridge
 from tests.signals.mosquitto import Mosquitto
 
@@ -162,38 +171,130 @@ class Recorder:
         return len(self.latencies_us.get(phase, []))
 
 
-def build_daemon_side(bus: Bus, clock: ReplayClock, *, relaxed: bool) -> None:
-    cfg = RiskConfig()  # the shipped limits: 20 orders/s, 200 a day, 5 per symbol a day
+class SinkBroker:
+    """A ``kernel.broker.Broker`` that acknowledges every order and cancels it at once, so
+    the books stay flat and every signal gets a full gate evaluation. Reports go through
+    ``sink`` (the system's order manager), as a broker stream's would."""
+
+    name = "bench-sink"
+
+    def __init__(self, clock: ReplayClock, cash: Decimal) -> None:
+        self.sink: EventSink | None = None
+        self._clock = clock
+        self._cash = cash
+
+    async def __aenter__(self) -> SinkBroker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def submit(self, intent: OrderIntent) -> None:
+        assert self.sink is not None
+        cid, now = intent.client_order_id, self._clock.now()
+        self.sink(OrderNew(client_order_id=cid, ts=now, broker_order_id=cid))
+        self.sink(OrderCanceled(client_order_id=cid, ts=now, reason="bench"))
+
+    async def cancel(self, client_order_id: str) -> None:
+        return None
+
+    async def cancel_all(self) -> None:
+        return None
+
+    async def replace(self, client_order_id: str, new_client_order_id: str, *,
+                      qty: int | None = None, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None) -> None:
+        raise BrokerRejected("replace is not supported by the benchmark's sink")
+
+    async def get_order(self, client_order_id: str) -> BrokerOrder | None:
+        return None
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        return []
+
+    async def fills_since(self, since: datetime) -> list[BrokerFill]:
+        return []
+
+    async def positions(self) -> list[BrokerPosition]:
+        return []
+
+    async def account(self) -> AccountSnapshot:
+        return AccountSnapshot(ts=self._clock.now(), cash=self._cash, equity=self._cash,
+                               buying_power=self._cash)
+
+    async def clock(self) -> MarketClock | None:
+        return None
+
+
+def load_bench_settings(state_dir: Path, url: str, *, relaxed: bool) -> Settings:
+    """The shipped ``config/execution.yaml`` with the benchmark's broker, state and
+    queues: the inbound queues are deep enough that a 30,000-message blast is measured,
+    not refused with QUEUE_FULL."""
+    risk: dict[str, Any] = {}
     if relaxed:  # every signal passes every check and becomes an order
-        cfg = RiskConfig(max_orders_per_symbol_day=10**7, max_orders_per_day=10**8,
-                         max_orders_per_second=10**8, max_orders_per_execution=10**7)
-    pf = Portfolio(Decimal(1_000_000), publish=bus.publish)
-    orders = OrderManager(None, clock=clock, publish=bus.publish)  # type: ignore[arg-type]
-    state = TradingStatus(clock=clock, publish=bus.publish, reconciled=True)
+        risk = {"max_orders_per_symbol_day": 10**7, "max_orders_per_day": 10**8,
+                "max_orders_per_second": 10**8, "max_orders_per_execution": 10**7}
+    return load_settings(environ={}, overrides={
+        "daemon": {"state_dir": str(state_dir)},
+        "feed": {"queue_size": 4096},
+        "broker": {"paper": {"initial_cash": "1000000"}},
+        "risk": risk,
+        "signals": {"demo": {"enabled": False}, "mqtt": {
+            "enabled": True, "url": url, "prefix": PREFIX, "inbound_queue": 65536,
+            "dedup_window": 10**6, "heartbeat_secs": 1.0}},
+    })
+
+
+@dataclass
+class DaemonSide:
+    """What ``daemon.app.Daemon`` wires for one account with MQTT on: the account's
+    ``TradingSystem`` from ``build_system``, the routing table, the daemon's bus, the
+    inbox and the bridge."""
+
+    system: TradingSystem
+    accounts: Accounts
+    bus: Bus
+    inbox: Inbox
+    bridge: MqttBridge
+
+    async def pump(self) -> None:
+        """``Daemon._pump``: every inbox message onto the daemon's bus."""
+        while True:
+            msg = await self.inbox.get()
+            if isinstance(msg, Event):
+                self.bus.publish(msg)
+
+    def route(self, batch: SignalBatch) -> None:
+        """``Daemon._route``: signal batches to the accounts that trade them."""
+        for system, share in self.accounts.route(batch):
+            system.on_signals(share)
+
+
+def build_daemon_side(settings: Settings, clock: ReplayClock) -> DaemonSide:
     market = MarketHours()
+    (spec,) = account_specs(settings.accounts, broker=settings.broker, risk=settings.risk,
+                            state_dir=settings.daemon.state_dir, environ={})
+    sink = SinkBroker(clock, settings.broker.paper.initial_cash)
+    system = build_system(spec, daemon=settings.daemon, clock=clock, environ={},
+                          broker=sink, market=market)
+    sink.sink = system.orders.on_report
+    accounts = Accounts(settings.routing, settings.accounts)
+    accounts.add(system)
+    bus, inbox = Bus(), Inbox(settings.feed.queue_size)
+    bridge = MqttBridge(settings.signals.mqtt, clock=clock, bus=system.bus, inbox=inbox,
+                        orders=system.orders.orders,
+                        trading_state=str(system.risk_state.state))
+    side = DaemonSide(system, accounts, bus, inbox, bridge)
+    bus.subscribe(BarBatch, system.on_bars)
+    bus.subscribe(SignalBatch, side.route)
     market.warm()
-    gate = Gate(cfg, clock=clock, portfolio=pf, orders=orders, state=state,
-                publish=bus.publish, send=bus.send, market=market)
-    wire_risk(bus, gate=gate, state=state)
-    sizer = Sizer(cfg, equity=pf.equity, holding=lambda s: 0, send=bus.send)
-    bus.subscribe(SignalBatch, sizer.on_signals)
+    return side
 
-    def broker_sink(cmd: SubmitOrder) -> None:  # accepted and gone: the books stay flat
-        cid = cmd.intent.client_order_id
-        bus.publish(OrderSubmitted(client_order_id=cid, ts=clock.now()))
-        bus.publish(OrderCanceled(client_order_id=cid, ts=clock.now(), reason="bench"))
 
-    bus.register(SubmitOrder, broker_sink)
+def the_bars() -> BarBatch:
     prices = np.array([PRICES[s] for s in SYMBOLS])
-    batch = BarBatch(ts=NOW, symbols=tuple(SYMBOLS), open=prices, high=prices, low=prices,
-                     close=prices, volume=np.full(len(SYMBOLS), 1e6))
-    bus.publish(batch)
-
-
-async def pump(inbox: Inbox, bus: Bus) -> None:
-    """What ``Daemon._pump``/``route`` do with a ``SignalBatch``."""
-    while True:
-        bus.publish(await inbox.get())  # type: ignore[arg-type]
+    return BarBatch(ts=NOW, symbols=tuple(SYMBOLS), open=prices, high=prices, low=prices,
+                    close=prices, volume=np.full(len(SYMBOLS), 1e6))
 
 
 async def run_phase(port: int, rec: Recorder, phase: str, n: int, rate: float | None,
@@ -216,38 +317,64 @@ async def run_phase(port: int, rec: Recorder, phase: str, n: int, rate: float | 
     return expected / span_s, cpu_us
 
 
-async def bench(n_blast: int, n_paced: int, rate: float, relaxed: bool) -> dict[str, float]:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp)) as broker:
-        bus, clock, rec = Bus(), ReplayClock(NOW), Recorder()
-        build_daemon_side(bus, clock, relaxed=relaxed)
-        bus.subscribe(OrderApproved, rec.on_decision)
-        bus.subscribe(OrderDenied, rec.on_decision)
-        inbox = Inbox(4096)
-        cfg = MqttConfig(enabled=True, url=broker.url, prefix=PREFIX, inbound_queue=65536,
-                         dedup_window=10**6, heartbeat_secs=1.0)
-        bridge = MqttBridge(cfg, clock=clock, bus=bus, inbox=inbox)
-        pump_task = asyncio.create_task(pump(inbox, bus), name="bench.pump")
-        async with bridge:
-            await bridge.wait_connected()
-            await run_phase(broker.port, rec, "warm", 2000, None, bridge)
-            gc.collect()  # as the daemon does once started: long-lived objects out of
-            gc.freeze()  # the cyclic collector's way
-            blast = await run_phase(broker.port, rec, "blast", n_blast, None, bridge)
-            paced = await run_phase(broker.port, rec, "paced", n_paced, rate, bridge)
-            batch = await run_phase(broker.port, rec, "batch", n_blast // BATCH, None, bridge,
-                                    per_message=BATCH)
-        pump_task.cancel()
-        rejected = bridge.stats.rejected_total
+@contextlib.contextmanager
+def profiled(path: Path | None) -> Iterator[None]:
+    """cProfile the block into ``path`` (and print its top functions) when asked."""
+    if path is None:
+        yield
+        return
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        prof.dump_stats(path)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+async def bench(n_blast: int, n_paced: int, rate: float, relaxed: bool,
+                profile: Path | None, log_to: Path | None) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "mosquitto") as broker:
+        log_path = log_to or Path(tmp) / "daemon.log"
+        with log_path.open("w") as log_file:
+            dlog.configure("info", stream=log_file, json=True)  # as `tradingd run` does
+            settings = load_bench_settings(Path(tmp) / "state", broker.url, relaxed=relaxed)
+            clock, rec = ReplayClock(NOW), Recorder()
+            side = build_daemon_side(settings, clock)
+            side.system.bus.subscribe(OrderApproved, rec.on_decision)
+            side.system.bus.subscribe(OrderDenied, rec.on_decision)
+            async with side.system, side.bridge:
+                await side.system.start_books()
+                side.bus.publish(the_bars())
+                pump = asyncio.create_task(side.pump(), name="bus.pump")
+                await side.bridge.wait_connected()
+                await run_phase(broker.port, rec, "warm", 2000, None, side.bridge)
+                gc.collect()  # as the daemon does once started: long-lived objects out of
+                gc.freeze()  # the cyclic collector's way
+                with profiled(profile):
+                    blast = await run_phase(broker.port, rec, "blast", n_blast, None,
+                                            side.bridge)
+                paced = await run_phase(broker.port, rec, "paced", n_paced, rate, side.bridge)
+                batch = await run_phase(broker.port, rec, "batch", n_blast // BATCH, None,
+                                        side.bridge, per_message=BATCH)
+                pump.cancel()
+                rejected = side.bridge.stats.rejected_total
+                failure = side.system.failure or side.bus.failure
+            log_file.flush()
+            lines = sum(1 for _ in log_path.open())
+        if failure is not None:
+            raise RuntimeError(f"the daemon side failed: {failure!r}")
     return report(rec, {"blast": blast, "paced": paced, "batch": batch}, rate, rejected,
-                  relaxed)
+                  relaxed, lines)
 
 
 def report(rec: Recorder, phases: dict[str, tuple[float, float]], rate: float,
-           rejected: int, relaxed: bool) -> dict[str, float]:
+           rejected: int, relaxed: bool, log_lines: int) -> dict[str, float]:
     limits = "relaxed (every signal an order)" if relaxed else "shipped"
     print(f"MQTT signals -> gate decision, real Mosquitto on loopback, producer in its own "
-          f"process, QoS 1, {len(SYMBOLS)} symbols, {limits} risk limits")
+          f"process, QoS 1, {len(SYMBOLS)} symbols, {limits} risk limits, build_system "
+          f"wiring, JSON log at info ({log_lines:,} lines)")
     print(f"gate decisions: {dict(sorted(rec.outcomes.items()))}")
     print(f"{'phase':<8}{'n':>8}{'signals/s':>12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
           f"{'max ms':>9}{'CPU µs/signal':>15}")
@@ -268,7 +395,8 @@ def report(rec: Recorder, phases: dict[str, tuple[float, float]], rate: float,
     out |= {"signals_per_s": out["blast_signals_per_s"], "p50_ms": out["paced_p50_ms"],
             "p99_ms": out["paced_p99_ms"], "paced_rate": rate, "rejected": float(rejected),
             "target_signals_per_s": 5000.0, "target_p99_ms": 5.0,
-            "relaxed_limits": float(relaxed), "capacity_signals_per_cpu_s": round(capacity, 1),
+            "relaxed_limits": float(relaxed), "log_lines": float(log_lines),
+            "capacity_signals_per_cpu_s": round(capacity, 1),
             "cpus": float(os.cpu_count() or 0), "load_1m": round(os.getloadavg()[0], 2),
             "ok": float(out["blast_signals_per_s"] >= 5000 and out["paced_p99_ms"] < 5.0)}
     return out
@@ -283,8 +411,12 @@ def main() -> None:
     p.add_argument("--relaxed", action="store_true",
                    help="lift the order-count limits so that every signal becomes an order "
                         "(three QoS 1 events per signal instead of one)")
+    p.add_argument("--profile", type=Path, metavar="FILE",
+                   help="cProfile the blast phase into FILE and print its top functions")
+    p.add_argument("--log", type=Path, metavar="FILE",
+                   help="keep the daemon's JSON log here (default: a temporary file)")
     a = p.parse_args()
-    figures = install_uvloop()(bench(a.blast, a.paced, a.rate, a.relaxed))
+    figures = install_uvloop()(bench(a.blast, a.paced, a.rate, a.relaxed, a.profile, a.log))
     print_json(figures)
 
 
