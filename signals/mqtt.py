@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import random
 import socket
@@ -52,6 +53,7 @@ from kernel.clock import Clock, WallClock, monotonic_ns
 from kernel.events import Event, SignalBatch, SignalRejected, TradingStateChanged
 from kernel.inbox import Inbox
 from kernel.model import Signal
+from signals import _mqtt_readahead
 from signals._mqtt_outbox import (
     LOSSY_KINDS,
     PUBLISHED_EVENTS,
@@ -74,6 +76,7 @@ ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # flood the log during a storm, and the bridge counts and logs those drops itself.
 _CLIENT_LOGGER = logging.getLogger("signals.mqtt.client")
 _CLIENT_LOGGER.setLevel(logging.ERROR)
+_AIOMQTT_VERSION = importlib.metadata.version("aiomqtt")
 
 
 class MqttBridge:
@@ -257,6 +260,8 @@ class MqttBridge:
         error = "closed"
         try:
             async with self._make_client() as client:
+                if not _mqtt_readahead.install(client):
+                    log.warning("mqtt.read_ahead_unavailable", aiomqtt=_AIOMQTT_VERSION)
                 await client.subscribe(self.topics["signals"], qos=1)
                 await client.subscribe(self.topics["control"], qos=1)
                 await client.publish(self.topics["status"], dumps(self._status(online=True)),

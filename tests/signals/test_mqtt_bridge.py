@@ -7,6 +7,8 @@ import json
 import os
 import sys
 import textwrap
+import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -149,6 +151,43 @@ class TestIngress:
             await eventually(lambda: h.bridge.stats.received == 3)
         assert [b.signals[0].id for b in h.batches()] == ["s-2"]
         assert h.bridge.stats.duplicates == 0
+
+    async def test_burst_beyond_inbound_queue_when_received_in_one_read_then_rest_refused(
+        self, mosquitto: Mosquitto
+    ) -> None:
+        # Arrange: room for 10 received messages; 100 arrive while the loop is busy, so
+        # they are read (and acknowledged) in one go
+        h = Harness(mosquitto, inbound_queue=10)
+        payloads = [single(i) for i in range(100)]
+        async with h.bridge:
+            await h.bridge.wait_connected()
+            publisher = threading.Thread(target=paho_publish, args=(mosquitto, payloads))
+            publisher.start()
+            # The loop is blocked on purpose: until the broker has everything (acknowledged
+            # to the publisher), and a little longer for it to write it all to us.
+            publisher.join(10)
+            time.sleep(0.3)  # noqa: ASYNC251
+            # Act: the loop runs again
+            await eventually(lambda: h.bridge.stats.received == 100)
+        # Assert: 10 taken, the other 90 refused with QUEUE_FULL and counted, none lost
+        assert [b.signals[0].id for b in h.batches()] == [f"s-{i}" for i in range(10)]
+        assert h.bridge.stats.rejected == {"QUEUE_FULL": 90}
+        assert [r.reason for r in h.rejected] == ["QUEUE_FULL"] * 90
+
+
+def paho_publish(broker: Mosquitto, payloads: list[bytes]) -> None:
+    """Publish from another thread with paho (QoS 1), waiting for every PUBACK."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-burst")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    infos = [c.publish("tradingd/signals", p, qos=1) for p in payloads]
+    for info in infos:
+        info.wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
 
 
 class TestEgress:
