@@ -357,6 +357,32 @@ class TestOutage:
         assert events.count("mqtt.connected") >= 2
         assert h.bridge.stats.connects >= 2 and not h.failures
 
+    async def test_connection_lost_after_a_burst_when_read_then_every_message_validated(
+        self, mosquitto: Mosquitto
+    ) -> None:
+        # Arrange: 1,000 signals reach the daemon's socket while its loop is busy, then the
+        # broker goes away: more than mqtt.receive takes at once is read before the
+        # connection is found to have ended (its first write fails)
+        h = Harness(mosquitto)
+        payloads = [single(i) for i in range(1000)]
+        async with h.bridge:
+            await h.bridge.wait_connected()
+            publisher = threading.Thread(target=paho_publish, args=(mosquitto, payloads))
+            publisher.start()
+            publisher.join(10)  # the loop is blocked on purpose (see the burst test)
+            time.sleep(0.3)  # noqa: ASYNC251
+            mosquitto.stop()
+            # Act: the loop runs again
+            await eventually(lambda: h.bridge.stats.disconnects >= 1)
+            await asyncio.sleep(0.2)
+        # Assert: every message read was validated and taken, in order, though the
+        # connection ended first (what was still in the socket was never acknowledged)
+        stats = h.bridge.stats
+        assert stats.read > 256  # more than one mqtt.receive round
+        assert stats.received == stats.read
+        assert [b.signals[0].id for b in h.batches()] == [f"s-{i}" for i in range(stats.read)]
+        assert not h.rejected and not h.failures
+
     async def test_broker_down_when_bridge_starts_then_it_retries_until_the_broker_is_up(
         self, tmp_path: Path
     ) -> None:
