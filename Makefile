@@ -45,7 +45,7 @@ run: $(STAMP) $(DEMO)/day.csv $(DEMO)/model/model.ubj
 	TRADINGD_RISK__SIGNAL_THRESHOLD=0.5 \
 		$(BIN)/tradingd run --replay $(DEMO)/day.csv --speed max --state-dir $(RUN_STATE)
 
-# mosquitto, chromium and chromium-driver: apt-get when root, else say what to install.
+# mosquitto, mosquitto-clients, chromium and chromium-driver: apt-get when root, else say what to install.
 system-deps:
 	scripts/system-deps.sh
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the test suite needs: a real Mosquitto (MQTT tests), Debian's
+# System packages the test suite needs: a real Mosquitto (MQTT tests) and its clients
+# (mosquitto_pub: benchmarks/mqtt_signals.py's producer), Debian's
 # Chromium with its driver (the status page's browser test), systemd-analyze (the unit's
 # hardening score). Installed with apt-get when missing and we are root; otherwise this
 # names exactly what to install, and fails. (libfaketime comes from PyPI: the test extras.)
@@ -7,6 +8,7 @@ set -euo pipefail
 
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # the unit's security score

@@ -12,8 +12,13 @@ from kernel.clock import monotonic_ns
 
 @dataclass(slots=True)
 class BridgeStats:
-    """Counters of one bridge, for heartbeats, tests and the session summary."""
+    """Counters of one bridge, for heartbeats, tests and the session summary.
 
+    ``read``: messages the MQTT client read from the broker (each acknowledged as it was
+    read); ``received``: signal messages validated (accepted or refused). Once the bridge
+    is idle, ``read`` is ``received`` plus the control messages."""
+
+    read: int = 0
     received: int = 0
     accepted_batches: int = 0
     accepted_signals: int = 0
@@ -30,7 +35,8 @@ class BridgeStats:
         return sum(self.rejected.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"received": self.received, "accepted_batches": self.accepted_batches,
+        return {"read": self.read, "received": self.received,
+                "accepted_batches": self.accepted_batches,
                 "accepted_signals": self.accepted_signals, "duplicates": self.duplicates,
                 "rejected": dict(self.rejected), "published": self.published,
                 "control_accepted": self.control_accepted,

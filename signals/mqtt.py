@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import aiomqtt
 import structlog
@@ -52,6 +53,8 @@ from kernel.clock import Clock, WallClock, monotonic_ns
 from kernel.events import Event, SignalBatch, SignalRejected, TradingStateChanged
 from kernel.inbox import Inbox
 from kernel.model import Signal
+from signals import _mqtt_readahead
+from signals._mqtt_ingress import IngressQueue
 from signals._mqtt_outbox import (
     LOSSY_KINDS,
     PUBLISHED_EVENTS,
@@ -74,6 +77,7 @@ ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # flood the log during a storm, and the bridge counts and logs those drops itself.
 _CLIENT_LOGGER = logging.getLogger("signals.mqtt.client")
 _CLIENT_LOGGER.setLevel(logging.ERROR)
+_AIOMQTT_VERSION = importlib.metadata.version("aiomqtt")
 
 
 class MqttBridge:
@@ -134,7 +138,7 @@ class MqttBridge:
         self.failure: BaseException | None = None
         self._seen: dict[tuple[str, str], None] = {}
         self._client: aiomqtt.Client | None = None
-        self._ingress: asyncio.Queue[aiomqtt.Message] | None = None
+        self._ingress: IngressQueue | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._limiter = LogLimiter()
         for secret in (cfg.password, cfg.control_secret):
@@ -165,6 +169,9 @@ class MqttBridge:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ingress is not None and len(self._ingress):
+            # Read (and acknowledged) but not validated when the daemon stopped.
+            log.warning("mqtt.ingress_unprocessed", messages=len(self._ingress))
         if self.failure is not None and self._on_failure is None and et is None:
             raise self.failure
 
@@ -202,15 +209,17 @@ class MqttBridge:
 
     # -- connection --------------------------------------------------------------------
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self, ingress: IngressQueue) -> aiomqtt.Client:
         cfg = self.cfg
+        # aiomqtt makes its queue with queue_type(maxsize=...): hand it this one.
+        queue_type = cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize: ingress)
         return aiomqtt.Client(
             cfg.host, cfg.port, identifier=cfg.identifier, username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
             keepalive=cfg.keepalive_secs, clean_session=True, logger=_CLIENT_LOGGER,
             tls_context=ssl.create_default_context() if cfg.tls else None,
             max_queued_incoming_messages=cfg.inbound_queue,
-            queue_type=self._ingress_queue_type(),
+            queue_type=queue_type,
             # Small packets (PUBACKs, events) go out at once: with Nagle a PUBACK can wait
             # for the peer's delayed ACK (40 ms) and stall the broker's in-flight window.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
@@ -218,23 +227,8 @@ class MqttBridge:
                               qos=1, retain=True),
         )
 
-    def _ingress_queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
-        bridge = self
-
-        class _CountingQueue(asyncio.Queue[aiomqtt.Message]):
-            """aiomqtt discards a message when its queue is full; count it as refused.
-            The bridge keeps the queue to take bursts without a task switch per message."""
-
-            def __init__(self, maxsize: int = 0) -> None:
-                super().__init__(maxsize)
-                bridge._ingress = self
-
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                if self.full():
-                    bridge._on_ingress_overflow(item)
-                super().put_nowait(item)
-
-        return _CountingQueue
+    def _on_read(self, message: aiomqtt.Message) -> None:
+        self.stats.read += 1
 
     async def _run(self) -> None:
         delay = self.cfg.reconnect_min_secs
@@ -255,8 +249,14 @@ class MqttBridge:
     async def _connect_once(self) -> str:
         """One connection, from connect to loss; returns why it ended."""
         error = "closed"
+        ingress = IngressQueue(self.cfg.inbound_queue, on_read=self._on_read,
+                               on_overflow=self._on_ingress_overflow)
+        self._ingress = ingress
+        client = self._make_client(ingress)
         try:
-            async with self._make_client() as client:
+            async with client:
+                if not _mqtt_readahead.install(client):
+                    log.warning("mqtt.read_ahead_unavailable", aiomqtt=_AIOMQTT_VERSION)
                 await client.subscribe(self.topics["signals"], qos=1)
                 await client.subscribe(self.topics["control"], qos=1)
                 await client.publish(self.topics["status"], dumps(self._status(online=True)),
@@ -267,24 +267,37 @@ class MqttBridge:
                 log.info("mqtt.connected", url=self.cfg.url, client_id=self.cfg.identifier,
                          prefix=self.cfg.prefix)
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._receive(client), name="mqtt.receive")
+                    tg.create_task(self._receive(client, ingress), name="mqtt.receive")
                     tg.create_task(self._publish(client), name="mqtt.publish")
         except* aiomqtt.MqttError as group:
             error = repr(group.exceptions[0])
+        self._take_leftovers(ingress)
         return error
+
+    def _take_leftovers(self, ingress: IngressQueue) -> None:
+        """Validate what was read before the connection ended: paho acknowledged each
+        message as it read it, so the broker will not send it again, but the end of the
+        connection (or a failed publish) cancels mqtt.receive wherever it was."""
+        taken = 0
+        while (message := ingress.take()) is not None:
+            self._dispatch(message)
+            taken += 1
+        if taken:
+            log.info("mqtt.ingress_drained", messages=taken)
 
     # -- ingress -----------------------------------------------------------------------
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        # The iterator waits for a message *or* a disconnect; what else is queued by then
-        # is taken at once (aiomqtt's iterator costs a task per message), but only while
-        # the inbox has room, so the pump gets its turn before the inbox could fill.
+    async def _receive(self, client: aiomqtt.Client, ingress: IngressQueue) -> None:
+        # The iterator waits for a message *or* a disconnect, and leaves the message
+        # queued (see signals._mqtt_ingress); what else is queued by then is taken at once
+        # (aiomqtt's iterator costs a task per message), but only while the inbox has
+        # room, so the pump gets its turn before the inbox could fill.
         inbox, burst = self._inbox, max(1, self._inbox.maxsize // 2)
-        async for message in client.messages:
-            self._dispatch(message)
-            queue, n = self._ingress, 1
-            while queue is not None and not queue.empty() and n < 256 and len(inbox) < burst:
-                self._dispatch(queue.get_nowait())
+        async for _ in client.messages:
+            n = 0
+            while (n == 0 or (n < 256 and len(inbox) < burst)) and (
+                    message := ingress.take()) is not None:
+                self._dispatch(message)
                 n += 1
 
     def _dispatch(self, message: aiomqtt.Message) -> None:

@@ -22,6 +22,7 @@ from signals._mqtt_schema import (
     PayloadRejected,
     excerpt,
     parse_payload,
+    validate_payload,
 )
 
 LIMITS = Limits()
@@ -171,3 +172,59 @@ class TestParsePayloadProperties:
     ) -> None:
         (sig,) = parse_payload(body(strength=strength, price=price, ts=ts), LIMITS).signals
         assert (sig.strength, sig.price, sig.ts.timestamp()) == (strength, price, ts)
+
+
+def outcome(fn: Any, payload: bytes) -> Any:
+    """What a parser makes of ``payload``: the parsed signals, or the refusal in full."""
+    try:
+        return fn(payload, LIMITS)
+    except PayloadRejected as exc:
+        return (exc.reason, exc.detail, exc.source, exc.signal_id)
+
+
+# Values a field of a single signal may be given: right and wrong types, edges of every
+# range and pattern, numbers orjson and json read differently (big integers, NaN).
+field_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.floats(-1.5, 1.5),
+    st.integers(-3, 3), st.integers(-(2**70), 2**70), st.booleans(), st.none(),
+    st.sampled_from(["AAPL", "BRK.B", "A" * 15, "A" * 16, "aapl", "AAPL\n", "", "x:y-1_2.3",
+                     "2024-03-04T14:40:00Z", "2024-03-04T14:40:00", "2024-03-04T09:40:00-05:00",
+                     "\u00c4PFEL", "id with space", "x" * 128, "x" * 129, "1709563200"]),
+    st.sampled_from([946_684_800, 4_102_444_800, 946_684_799, 4_102_444_801, 1709563200.5,
+                     1_000_000.0, 1_000_000.0000001, 5e-324, 0.0, -0.0, 1.0, -1.0]),
+    st.lists(st.integers(), max_size=2), st.text(max_size=12),
+)
+
+
+class TestFastPathAgreesWithValidatingPath:
+    @settings(max_examples=3000, deadline=None)
+    @given(changes=st.dictionaries(st.sampled_from([*OK, "extra"]), field_values, max_size=3),
+           dropped=st.lists(st.sampled_from(list(OK)), max_size=2))
+    def test_single_signal_variants_then_same_signals_or_same_refusal(
+        self, changes: dict[str, Any], dropped: list[str]
+    ) -> None:
+        data = {k: v for k, v in {**OK, **changes}.items() if k not in dropped}
+        payload = json.dumps(data).encode()  # NaN and Infinity as JSON's extensions
+        assert outcome(parse_payload, payload) == outcome(validate_payload, payload)
+
+    @settings(max_examples=2000, deadline=None)
+    @given(edits=st.lists(st.tuples(st.integers(0, 200), st.binary(max_size=3)), max_size=3))
+    def test_valid_payload_with_bytes_edited_then_same_outcome(
+        self, edits: list[tuple[int, bytes]]
+    ) -> None:
+        payload = bytearray(body())
+        for at, raw in edits:
+            payload[at:at + len(raw)] = raw
+        assert outcome(parse_payload, bytes(payload)) == outcome(validate_payload,
+                                                                 bytes(payload))
+
+    @settings(max_examples=500, deadline=None)
+    @given(strength=st.floats(-1, 1), price=st.floats(0.01, 1_000_000),
+           ts=st.floats(946_684_800, 4_102_444_800))
+    def test_valid_numbers_then_fast_path_keeps_them_exactly(
+        self, strength: float, price: float, ts: float
+    ) -> None:
+        payload = body(strength=strength, price=price, ts=ts)
+        (sig,) = parse_payload(payload, LIMITS).signals
+        assert (sig.strength, sig.price) == (strength, price)
+        assert parse_payload(payload, LIMITS) == validate_payload(payload, LIMITS)
