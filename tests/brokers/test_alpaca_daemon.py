@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from signals import demodata
+from tests.daemon.live_kit import Proc
 from tests.daemon.lives import unit_exec_start
 from tests.data import REPO
 from tests.kit import process_env
@@ -57,18 +58,6 @@ def _until(pred: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _wait_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if re.search(pattern, line):
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"no line matching {pattern!r}")
-
-
 class TestDaemonOnAlpacaEmulator:
     def test_run_when_broker_alpaca_then_books_equal_emulator_exactly(
         self, tmp_path: Path
@@ -76,27 +65,28 @@ class TestDaemonOnAlpacaEmulator:
         # Arrange
         csv = demodata.write(tmp_path / "day.csv", days=1, n_symbols=12, seed=21)
         symbols = [f"DEMO{i:02d}" for i in range(12)]
-        emu = subprocess.Popen(
-            [sys.executable, "-m", "tests.alpaca_emulator", "--port", "0", "--bars", str(csv),
-             "--bar-interval", "0.03", "--rebase-now", "--wait-subscriber", "--fill-parts", "2"],
-            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        daemon: subprocess.Popen[str] | None = None
+        # Output of both is read in threads (live_kit.Proc): a full pipe never stalls them
+        # and a silent process never hangs the test.
+        emu = Proc([sys.executable, "-m", "tests.alpaca_emulator", "--port", "0", "--bars",
+                    str(csv), "--bar-interval", "0.03", "--rebase-now", "--wait-subscriber",
+                    "--fill-parts", "2"], _env(), tmp_path / "emulator.log")
+        daemon: Proc | None = None
         try:
-            port = re.search(r"127\.0\.0\.1:(\d+)", _wait_line(emu, "alpaca emulator on", 30))
+            _, on = emu.wait_line("alpaca emulator on", 30)
+            port = re.search(r"127\.0\.0\.1:(\d+)", on)
             assert port is not None
             base = f"http://127.0.0.1:{port.group(1)}"
             state = tmp_path / "state"
             # The systemd unit's own command with the shipped config: live by default.
-            daemon = subprocess.Popen(
-                unit_exec_start(state), cwd=REPO, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True,
-                env=_env(APCA_API_BASE_URL=base, APCA_API_DATA_URL=base,
-                         TRADINGD_FEED__SYMBOLS=json.dumps(symbols),
-                         # The emulator's market is always open: the calendar's trading
-                         # day is not under test here (tests/daemon/test_live_sessions.py).
-                         TRADINGD_SESSION__LIFECYCLE="false"))
+            daemon = Proc(unit_exec_start(state),
+                          _env(APCA_API_BASE_URL=base, APCA_API_DATA_URL=base,
+                               TRADINGD_FEED__SYMBOLS=json.dumps(symbols),
+                               # The emulator's market is always open: the calendar's trading
+                               # day is not under test here (test_live_sessions.py).
+                               TRADINGD_SESSION__LIFECYCLE="false"),
+                          tmp_path / "daemon.log")
             # Act: the emulator replays the day once the daemon has subscribed
-            _wait_line(emu, "bars done", 120)
+            emu.wait_line("bars done", 120)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 snap = _snapshot(base)
@@ -105,18 +95,18 @@ class TestDaemonOnAlpacaEmulator:
                     break
                 time.sleep(0.2)
             time.sleep(3.0)  # the feed's last minute is flushed, its orders trade
-            daemon.send_signal(signal.SIGTERM)
-            out, _ = daemon.communicate(timeout=60)
+            daemon.proc.send_signal(signal.SIGTERM)
+            code = daemon.wait(60)
             snap = _snapshot(base)  # the broker's books once the daemon has stopped
         finally:
             for p in (daemon, emu):
-                if p is not None and p.poll() is None:
-                    p.terminate()
-                    p.wait(timeout=10)
-        (tmp_path / "daemon.log").write_text(out)  # kept by pytest for a failing run
+                if p is not None and p.proc.poll() is None:
+                    p.proc.terminate()
+                    p.proc.wait(timeout=10)
+        out = "".join(daemon.lines)  # also in daemon.log, kept by pytest for a failing run
         (tmp_path / "emulator.json").write_text(json.dumps(snap, indent=1))
         # Assert
-        assert daemon.returncode == 0, out[-3000:]
+        assert code == 0, out[-3000:]
         snap_orders = snap["orders"]
         assert snap_orders, "orders must arrive at the emulator"
         cids = Counter(o["client_order_id"] for o in snap_orders)
@@ -146,14 +136,13 @@ class TestRefusalsOnAlpacaEmulator:
         # trades it with the shipped config.
         csv = demodata.write(tmp_path / "day.csv", days=1, n_symbols=12, seed=21)
         symbols = [f"DEMO{i:02d}" for i in range(12)]
-        emu = subprocess.Popen(
-            [sys.executable, "-m", "tests.alpaca_emulator", "--port", "0", "--bars", str(csv),
-             "--bar-interval", "0.1", "--rebase-now", "--wait-subscriber"],
-            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        emu = Proc([sys.executable, "-m", "tests.alpaca_emulator", "--port", "0", "--bars",
+                    str(csv), "--bar-interval", "0.1", "--rebase-now", "--wait-subscriber"],
+                   _env(), tmp_path / "emulator.log")
         daemon: subprocess.Popen[str] | None = None
         log = tmp_path / "daemon.log"
         try:
-            port = re.search(r"127\.0\.0\.1:(\d+)", _wait_line(emu, "alpaca emulator on", 30))
+            port = re.search(r"127\.0\.0\.1:(\d+)", emu.wait_line("alpaca emulator on", 30)[1])
             assert port is not None
             base = f"http://127.0.0.1:{port.group(1)}"
             state = tmp_path / "state"
@@ -180,7 +169,7 @@ class TestRefusalsOnAlpacaEmulator:
             stop_secs = time.monotonic() - t0
             snap = _snapshot(base)
         finally:
-            for p in (daemon, emu):
+            for p in (daemon, emu.proc):
                 if p is not None and p.poll() is None:
                     p.terminate()
                     p.wait(timeout=10)

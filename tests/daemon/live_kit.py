@@ -45,6 +45,12 @@ class Proc:
         with self._cond:
             self._cond.notify_all()
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit and for its last lines to be read; its exit code."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return code
+
     def events(self) -> list[Event]:
         with self._cond:
             lines = list(self.lines)
