@@ -63,7 +63,7 @@ from kernel.events import (
     OrderSubmitted,
     SubmitOrder,
 )
-from kernel.model import OrderType
+from kernel.model import Fill, OrderType
 from kernel.orders import Order, OrderStatus
 from kernel.time import trading_day
 
@@ -81,6 +81,10 @@ class OrderHistory(Protocol):
 
     def load(self, client_order_id: str) -> Order | None:
         """The order rebuilt from its journaled intent and events."""
+        ...
+
+    def has_fill(self, client_order_id: str, fill: Fill) -> bool:
+        """True if the order took this execution (``Order.has_fill`` on its record)."""
         ...
 
 
@@ -281,6 +285,15 @@ class OrderManager:
                          status=str(order.status))
                 self._track(order)
         return order
+
+    def has_fill(self, client_order_id: str, fill: Fill) -> bool:
+        """True when the books have taken this execution: the order in memory says so,
+        else its history does, without rebuilding the order (reconciliation asks this of
+        every fill the broker lists, most of them for orders that ended long ago)."""
+        order = self.orders.get(client_order_id)
+        if order is not None:
+            return order.has_fill(fill)
+        return self.history is not None and self.history.has_fill(client_order_id, fill)
 
     def lookup(self, client_order_id: str) -> Order | None:
         """The order in memory, else a copy rebuilt from the history, for a look only
