@@ -332,8 +332,10 @@ class PaperBroker:
             self._expire_day_orders(batch.ts, everything=False)
         if self._working or self._held:
             index = self._index_of(batch)
-            for symbol in [s for s in self._working if s in index]:
-                self._match_symbol(batch, index[symbol], symbol)
+            # In the batch's symbol order, not the order symbols first got working orders
+            # (which a restart, rebuilding them by age, would not reproduce).
+            for at, symbol in sorted((index[s], s) for s in self._working if s in index):
+                self._match_symbol(batch, at, symbol)
             close = batch.close
             for symbol in self._held:
                 i = index.get(symbol)
