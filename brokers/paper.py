@@ -88,6 +88,7 @@ from kernel.events import (
     OrderNew,
     OrderReplaced,
 )
+from kernel.logging import debug_enabled
 from kernel.model import (
     AccountSnapshot,
     BrokerPosition,
@@ -416,9 +417,10 @@ class PaperBroker:
         self._update_reserve(po)
         self._dirty_orders[po.client_order_id] = po
         self._out.append(OrderFilled(po.client_order_id, now, fill=fill))
-        log.debug("paper.fill", client_order_id=po.client_order_id, symbol=po.symbol,
-                  side=po.side.value, qty=qty, price=str(price), exec_id=fill.execution_id,
-                  filled=po.filled_qty, of=po.qty)
+        if debug_enabled():
+            log.debug("paper.fill", client_order_id=po.client_order_id, symbol=po.symbol,
+                      side=po.side.value, qty=qty, price=str(price),
+                      exec_id=fill.execution_id, filled=po.filled_qty, of=po.qty)
 
     def _book(self, fill: Fill) -> None:
         pos = self._positions.get(fill.symbol)
@@ -471,8 +473,9 @@ class PaperBroker:
         self._update_reserve(po)
         self._dirty_orders[po.client_order_id] = po
         self._out.append(event)
-        log.debug(f"paper.{status.value}", client_order_id=po.client_order_id,
-                  filled=po.filled_qty, of=po.qty)
+        if debug_enabled():
+            log.debug(f"paper.{status.value}", client_order_id=po.client_order_id,
+                      filled=po.filled_qty, of=po.qty)
 
     def _acknowledge(self, po: PaperOrder) -> None:
         if self._ack_delay <= 0:

@@ -63,6 +63,7 @@ from kernel.events import (
     OrderSubmitted,
     SubmitOrder,
 )
+from kernel.logging import debug_enabled
 from kernel.model import Fill, OrderType
 from kernel.orders import Order, OrderStatus
 from kernel.time import trading_day
@@ -392,8 +393,9 @@ class OrderManager:
             log.warning("order.rejected", client_order_id=order.client_order_id,
                         symbol=order.symbol, reason=event.reason, code=event.code)
         elif isinstance(event, OrderAccepted | OrderNew):
-            log.debug("order.acknowledged", client_order_id=order.client_order_id,
-                      status=str(order.status))
+            if debug_enabled():
+                log.debug("order.acknowledged", client_order_id=order.client_order_id,
+                          status=str(order.status))
         elif isinstance(event, OrderCanceled | OrderExpired):
             log.info("order." + str(order.status), client_order_id=order.client_order_id,
                      filled_qty=order.filled_qty, order_qty=order.qty)

@@ -253,8 +253,20 @@ class _LineHandler(logging.Handler):
             self.handleError(record)
 
 
+# Whether debug lines are written (False once ``configure`` set a higher level). Before
+# ``configure``, structlog's defaults write everything: True.
+_debug = [True]
+
+
+def debug_enabled() -> bool:
+    """True when debug lines are written. Hot paths test it before building a debug
+    line's fields (the filtered ``debug`` is a no-op, but its arguments are not)."""
+    return _debug[0]
+
+
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Configure structlog (and route stdlib logging of libraries through it)."""
+    _debug[0] = _LEVELS[level] <= logging.DEBUG
     out = stream or sys.stdout
     as_json = (not out.isatty()) if json is None else json
     # Context is bound on loggers (``log.bind``); nothing binds structlog contextvars, so
