@@ -6,6 +6,7 @@ described in the ``brokers.paper`` module docstring.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,12 @@ ZERO = Decimal(0)
 def tick(px: Decimal) -> Decimal:
     """Quantize a price to 0.0001 (half-even)."""
     return px.quantize(PRICE_TICK, rounding=ROUND_HALF_EVEN)
+
+
+def next_new_york_midnight(ts: datetime) -> datetime:
+    """The first instant of the New York date after ``ts`` (a day order's expiry), UTC."""
+    day = ts.astimezone(NEW_YORK).date() + timedelta(days=1)
+    return datetime.combine(day, time(0), tzinfo=NEW_YORK).astimezone(UTC)
 
 
 def execution_price(

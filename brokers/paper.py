@@ -71,6 +71,7 @@ import structlog
 from brokers._paper_rules import (
     book_fill,
     execution_price,
+    next_new_york_midnight,
     reserve_price,
 )
 from brokers._paper_store import PaperOrder, PaperStore
@@ -101,7 +102,6 @@ from kernel.model import (
     to_price,
 )
 from kernel.orders import OPEN, TERMINAL, OrderStatus
-from kernel.time import next_new_york_midnight
 
 log = structlog.get_logger("brokers.paper")
 
