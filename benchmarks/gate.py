@@ -1,11 +1,16 @@
 """Cost of the pre-trade gate per order intent, with realistic state.
 
-53 symbols with bars, 20 positions, 10 open orders, sector map, quotes, the real XNYS
-market-hours check. Measures ``Gate.evaluate`` (every check, no logging or publishing),
-the account-view rebuild that a fill or bar batch triggers once per batch, and a whole
-43-intent batch sent through the bus (rebuild + ``execute`` per intent with its log call,
-``OrderApproved`` and ``SubmitOrder``), per intent. Log lines are filtered, not rendered:
-rendering is the app's cost, whatever the gate does.
+The account is wired by the product (``engine.system.build_system``: the gate, its
+order manager, portfolio, risk state, modes and the real XNYS market-hours check, as the
+daemon has them), on a ``FakeBroker`` that reports nothing and without a journal: the
+figures are the gate's. 53 symbols with bars, 20 positions, 10 open orders, a sector
+map, quotes. Measures ``Gate.evaluate`` (every check, no logging or publishing), the
+account-view rebuild that a fill or bar batch triggers once per batch, and a whole
+43-intent batch sent through the account's bus (rebuild + ``execute`` per intent with its
+log call, ``OrderApproved`` and ``SubmitOrder``), per intent; the ``SubmitOrder`` is
+counted, not handed to the order manager (the order manager's cost is the replay
+benchmark's). Log lines are filtered, not rendered: rendering is the app's cost,
+whatever the gate does.
 
 Prints a table, then as its LAST line one JSON object with the figures (microseconds).
 Run: ``python -m benchmarks.gate``.
@@ -16,23 +21,25 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import structlog
 
+from brokers.config import BrokerConfig, PaperConfig
+from brokers.fake import FakeBroker
+from engine.config import DaemonConfig
 from engine.execution import OrderManager
-from kernel.bus import Bus
+from engine.system import SystemSpec, TradingSystem, build_system
 from kernel.clock import ReplayClock
-from kernel.events import BarBatch, OrderIntent, PlaceOrder, SubmitOrder
+from kernel.events import BarBatch, OrderIntent, PlaceOrder, ReconciliationChanged, SubmitOrder
 from kernel.model import Fill, OrderSide, OrderType, Signal, TimeInForce
-from portfolio.book import Portfolio
 from risk.config import RiskConfig
 from risk.gate import Gate
-from risk.market import MarketHours
-from risk.state import TradingStatus
 
 NOW = datetime(2024, 7, 1, 15, 0, tzinfo=UTC)
 SYMBOLS = [f"S{i:02d}" for i in range(53)]
@@ -44,21 +51,24 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def build() -> tuple[Gate, ReplayClock, Bus, OrderManager]:
+def build(state_dir: Path) -> tuple[TradingSystem, ReplayClock, list[SubmitOrder]]:
+    """The account as the daemon wires it; returns it, its clock and the list the
+    account's ``SubmitOrder`` commands land in (instead of the order manager)."""
     cfg = RiskConfig(sector_map={s: f"sec{i % 8}" for i, s in enumerate(SYMBOLS)},
                      max_orders_per_symbol_day=10**6, max_orders_per_day=10**7,
                      max_orders_per_second=10**7, max_orders_per_execution=10**7)
     clock = ReplayClock(NOW)
-    bus = Bus()
-    pf = Portfolio(Decimal(1_000_000), publish=bus.publish)
-    orders = OrderManager(None, clock=clock, publish=bus.publish)  # type: ignore[arg-type]
-    state = TradingStatus(clock=clock, publish=bus.publish, reconciled=True)
-    market = MarketHours()
-    market.warm()
-    gate = Gate(cfg, clock=clock, portfolio=pf, orders=orders, state=state,
-                publish=bus.publish, send=bus.send, market=market)
-    bus.register(PlaceOrder, gate.execute)
-    bus.register(SubmitOrder, lambda c: None)
+    system = build_system(
+        SystemSpec(name="bench", broker=BrokerConfig(paper=PaperConfig(initial_cash=1_000_000)),
+                   risk=cfg, state_dir=state_dir),
+        daemon=DaemonConfig(state_dir=state_dir), clock=clock, environ={},
+        broker=FakeBroker(report=False).connect, journaling=False)
+    bus, pf, orders, gate = system.bus, system.portfolio, system.orders, system.gate
+    market = system.market
+    if hasattr(market, "warm"):
+        market.warm()
+    # The books are confirmed with the broker (the reconciler's start-up pass says so).
+    bus.publish(ReconciliationChanged(ready=True, why="benchmark", ts=NOW))
     prices = np.linspace(20.0, 400.0, len(SYMBOLS))
     batch = BarBatch(ts=NOW, symbols=tuple(SYMBOLS), open=prices, high=prices, low=prices,
                      close=prices, volume=np.full(len(SYMBOLS), 1e6))
@@ -68,11 +78,16 @@ def build() -> tuple[Gate, ReplayClock, Bus, OrderManager]:
         qty = int(20_000 // prices[i])
         pf.apply_fill(Fill(f"x{i}", f"h{i}", s, OrderSide.BUY, qty,
                            Decimal(repr(float(prices[i]))), NOW))
+    # Ten working orders in the order manager (through it, as the gate sends them).
     for i, s in enumerate(SYMBOLS[30:40]):
-        orders.execute_submit(SubmitOrder(_intent(s, float(prices[30 + i]), i, OrderSide.BUY)))
+        bus.send(SubmitOrder(_intent(s, float(prices[30 + i]), i, OrderSide.BUY)))
+    assert len(orders.open_orders()) == 10, orders.stats
+    # From here on, approved orders are counted, not taken (see the module doc).
+    taken: list[SubmitOrder] = []
+    bus._cmd[SubmitOrder] = taken.append  # the benchmark's one rewiring (a private)
     for i, s in enumerate(SYMBOLS):
         gate.set_quote(s, float(prices[i]) * 0.9999, float(prices[i]) * 1.0001)
-    return gate, clock, bus, orders
+    return system, clock, taken
 
 
 def _intent(sym: str, price: float, n: int, side: OrderSide,
@@ -94,7 +109,14 @@ def _reset(gate: Gate, orders: OrderManager) -> None:
 def run() -> dict[str, float]:
     # Log lines are filtered (rendering is the app's cost, not the gate's).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    gate, clock, bus, orders = build()
+    with tempfile.TemporaryDirectory(prefix="tradingd-gate-") as tmp:
+        system, clock, taken = build(Path(tmp))
+        return _measure(system, clock, taken)
+
+
+def _measure(system: TradingSystem, clock: ReplayClock,
+             taken: list[SubmitOrder]) -> dict[str, float]:
+    gate, bus, orders = system.gate, system.bus, system.orders
     prices = {s: float(p) for s, p in zip(SYMBOLS, np.linspace(20.0, 400.0, len(SYMBOLS)),
                                           strict=True)}
     # Buys of symbols without working orders (they pass every check: worst case, all run).
@@ -122,6 +144,7 @@ def run() -> dict[str, float]:
     full: list[float] = []
     for r in range(300):
         _reset(gate, orders)
+        taken.clear()
         clock.set(NOW + timedelta(seconds=r))
         batch = [PlaceOrder(_intent(s, prices[s], 10**6 + r * 100 + i, OrderSide.BUY,
                                    clock.now()))
@@ -131,6 +154,7 @@ def run() -> dict[str, float]:
             bus.send(cmd)
         full.append((time.perf_counter_ns() - t0) / 1000 / len(batch))
     assert gate.passed >= 300 * len(pool), gate.stats()
+    assert len(taken) == len(pool), len(taken)  # the last round: every intent approved
     rows = {"checks": checks, "rebuild": rebuild, "batch": full}
     print(f"gate benchmark: {len(SYMBOLS)} symbols, 20 positions, 10 open orders, "
           f"{N} intents; outcomes {outcomes}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -100,6 +100,11 @@ class PaperOrder:
     triggered: bool = False
     expire_at: datetime | None = None
     reserve: Decimal = Decimal(0)  # current reservation; derived, not stored
+    # The stored columns that never change after submission (seq .. submitted_at, and
+    # expire_at), encoded by the first save: an order is saved at submission and again
+    # at each fill, cancel or expiry.
+    fixed: tuple[tuple[Any, ...], str | None] | None = field(default=None, repr=False,
+                                                             compare=False)
 
     @property
     def broker_order_id(self) -> str:
@@ -139,6 +144,20 @@ def _dec(value: str | None) -> Decimal | None:
 
 def _txt(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
+
+
+def _order_row(o: PaperOrder) -> tuple[Any, ...]:
+    """The ``orders`` row of ``o``; the columns fixed at submission are encoded once."""
+    fixed = o.fixed
+    if fixed is None:
+        fixed = o.fixed = (
+            (o.seq, o.client_order_id, o.symbol, o.side.value, o.qty, o.order_type.value,
+             o.time_in_force.value, _txt(o.limit_price), _txt(o.stop_price),
+             str(o.reference_price), str(o.reserve_px), o.submitted_at.isoformat()),
+            o.expire_at.isoformat() if o.expire_at else None)
+    head, expire = fixed
+    return (*head, o.status.value, o.filled_qty, str(o.filled_notional), o.fill_seq,
+            int(o.triggered), expire)
 
 
 class PaperStore:
@@ -235,12 +254,7 @@ class PaperStore:
             c.executemany(
                 "INSERT OR REPLACE INTO orders VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(o.seq, o.client_order_id, o.symbol, o.side.value, o.qty, o.order_type.value,
-                  o.time_in_force.value, _txt(o.limit_price), _txt(o.stop_price),
-                  str(o.reference_price), str(o.reserve_px), o.submitted_at.isoformat(),
-                  o.status.value, o.filled_qty, str(o.filled_notional), o.fill_seq,
-                  int(o.triggered), o.expire_at.isoformat() if o.expire_at else None)
-                 for o in orders],
+                [_order_row(o) for o in orders],
             )
             c.executemany(
                 "INSERT INTO fills (execution_id, client_order_id, symbol, side, qty, price, "

@@ -89,6 +89,7 @@ from kernel.events import (
     OrderNew,
     OrderReplaced,
 )
+from kernel.logging import debug_enabled
 from kernel.model import (
     AccountSnapshot,
     BrokerPosition,
@@ -332,8 +333,10 @@ class PaperBroker:
             self._expire_day_orders(batch.ts, everything=False)
         if self._working or self._held:
             index = self._index_of(batch)
-            for symbol in [s for s in self._working if s in index]:
-                self._match_symbol(batch, index[symbol], symbol)
+            # In the batch's symbol order, not the order symbols first got working orders
+            # (which a restart, rebuilding them by age, would not reproduce).
+            for at, symbol in sorted((index[s], s) for s in self._working if s in index):
+                self._match_symbol(batch, at, symbol)
             close = batch.close
             for symbol in self._held:
                 i = index.get(symbol)
@@ -414,9 +417,10 @@ class PaperBroker:
         self._update_reserve(po)
         self._dirty_orders[po.client_order_id] = po
         self._out.append(OrderFilled(po.client_order_id, now, fill=fill))
-        log.debug("paper.fill", client_order_id=po.client_order_id, symbol=po.symbol,
-                  side=po.side.value, qty=qty, price=str(price), exec_id=fill.execution_id,
-                  filled=po.filled_qty, of=po.qty)
+        if debug_enabled():
+            log.debug("paper.fill", client_order_id=po.client_order_id, symbol=po.symbol,
+                      side=po.side.value, qty=qty, price=str(price),
+                      exec_id=fill.execution_id, filled=po.filled_qty, of=po.qty)
 
     def _book(self, fill: Fill) -> None:
         pos = self._positions.get(fill.symbol)
@@ -469,8 +473,9 @@ class PaperBroker:
         self._update_reserve(po)
         self._dirty_orders[po.client_order_id] = po
         self._out.append(event)
-        log.debug(f"paper.{status.value}", client_order_id=po.client_order_id,
-                  filled=po.filled_qty, of=po.qty)
+        if debug_enabled():
+            log.debug(f"paper.{status.value}", client_order_id=po.client_order_id,
+                      filled=po.filled_qty, of=po.qty)
 
     def _acknowledge(self, po: PaperOrder) -> None:
         if self._ack_delay <= 0:

@@ -63,7 +63,8 @@ from kernel.events import (
     OrderSubmitted,
     SubmitOrder,
 )
-from kernel.model import OrderType
+from kernel.logging import debug_enabled
+from kernel.model import Fill, OrderType
 from kernel.orders import Order, OrderStatus
 from kernel.time import trading_day
 
@@ -81,6 +82,10 @@ class OrderHistory(Protocol):
 
     def load(self, client_order_id: str) -> Order | None:
         """The order rebuilt from its journaled intent and events."""
+        ...
+
+    def has_fill(self, client_order_id: str, fill: Fill) -> bool:
+        """True if the order took this execution (``Order.has_fill`` on its record)."""
         ...
 
 
@@ -282,6 +287,15 @@ class OrderManager:
                 self._track(order)
         return order
 
+    def has_fill(self, client_order_id: str, fill: Fill) -> bool:
+        """True when the books have taken this execution: the order in memory says so,
+        else its history does, without rebuilding the order (reconciliation asks this of
+        every fill the broker lists, most of them for orders that ended long ago)."""
+        order = self.orders.get(client_order_id)
+        if order is not None:
+            return order.has_fill(fill)
+        return self.history is not None and self.history.has_fill(client_order_id, fill)
+
     def lookup(self, client_order_id: str) -> Order | None:
         """The order in memory, else a copy rebuilt from the history, for a look only
         (memory does not change; ``on_report`` takes it back in if it must change)."""
@@ -379,8 +393,9 @@ class OrderManager:
             log.warning("order.rejected", client_order_id=order.client_order_id,
                         symbol=order.symbol, reason=event.reason, code=event.code)
         elif isinstance(event, OrderAccepted | OrderNew):
-            log.debug("order.acknowledged", client_order_id=order.client_order_id,
-                      status=str(order.status))
+            if debug_enabled():
+                log.debug("order.acknowledged", client_order_id=order.client_order_id,
+                          status=str(order.status))
         elif isinstance(event, OrderCanceled | OrderExpired):
             log.info("order." + str(order.status), client_order_id=order.client_order_id,
                      filled_qty=order.filled_qty, order_qty=order.qty)

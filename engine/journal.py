@@ -162,6 +162,7 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self._group_commit = group_commit
         self._owed = 0  # intents buffered but not yet fsynced (group commit)
+        self._buffered_intents: set[str] = set()  # ids of the intents in ``_buffer``
         self.rows_written = 0
         self.durable_writes = 0
         self.fsync_secs = 0.0
@@ -269,6 +270,7 @@ class Journal:
         before the broker sees it. A failure here raises, so the order is never sent."""
         self._require()  # an intent that cannot be journaled must not reach the broker
         self._remember(intent.client_order_id, intent.symbol)
+        self._buffered_intents.add(intent.client_order_id)
         # Stamped with the clock at submission (``Order.created_ts``), not the signal's time.
         self.append("OrderIntent", intent, ts=self._clock.now(),
                     client_order_id=intent.client_order_id, symbol=intent.symbol,
@@ -288,6 +290,7 @@ class Journal:
         db = self._db
         pending, self._buffer = self._buffer, []
         owed, self._owed = self._owed, 0
+        intents, self._buffered_intents = self._buffered_intents, set()
         rows = [(when.isoformat(), type_, cid, sym,
                  body if isinstance(body, str) else scrub(dumps(body)))
                 for when, type_, cid, sym, body in pending]
@@ -299,6 +302,7 @@ class Journal:
             db.execute("ROLLBACK")
             self._buffer = pending + self._buffer
             self._owed += owed
+            self._buffered_intents |= intents
             raise
         self.rows_written += len(rows)
 
@@ -425,8 +429,7 @@ class Journal:
         """True if an intent with this id was ever journaled (an index lookup)."""
         if client_order_id in self._symbols:
             return True
-        if any(t == "OrderIntent" and cid == client_order_id
-               for _, t, cid, _, _ in self._buffer):
+        if client_order_id in self._buffered_intents:  # not a scan of the buffer
             return True
         got = self._require().execute(
             "SELECT 1 FROM journal WHERE client_order_id = ? AND +type = 'OrderIntent' LIMIT 1",

@@ -303,6 +303,10 @@ class Reconciler:
         for bf in fills:
             by_order.setdefault(bf.client_order_id, []).append(bf)
         for cid, group in by_order.items():
+            # Most listed fills were taken long ago, by orders that have left memory:
+            # ask whether they were taken before rebuilding any order.
+            if all(self._orders.has_fill(cid, fill_of(bf)) for bf in group):
+                continue
             order = self._orders.lookup(cid)
             if order is None:
                 for bf in group:

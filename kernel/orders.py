@@ -4,7 +4,9 @@
 types it accepts and where each leads. ``Order.apply(event)`` is the only mutator: an
 event not in the table raises ``InvalidOrderTransition``; a fill the order already has
 changes nothing; a fill that would exceed the order quantity, or that overlaps another
-fill, raises ``OverfillError``. Every accepted transition is appended to ``Order.log``.
+fill, raises ``OverfillError``. Every accepted transition is recorded in ``Order.log``
+(kept as (time, status, event) and rendered into ``OrderLogEntry`` rows when read: the
+order path pays no note strings and no entry objects for a log rarely looked at).
 
 Fill identity: a fill is (this order, the cumulative filled quantity after it). A fill
 with ``cum_qty`` c and ``qty`` q covers the quantity interval (c - q, c]; brokers give
@@ -30,6 +32,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from kernel.errors import InvalidOrderTransition, OverfillError
 from kernel.events import (
@@ -183,7 +186,8 @@ class Order:
     execution_ids: set[str] = field(default_factory=set)
     # cumulative filled qty after a fill -> that fill's qty (the fill identity)
     fill_ranges: dict[int, int] = field(default_factory=dict)
-    log: list[OrderLogEntry] = field(default_factory=list)
+    # (ts, status, the event or a note): ``log`` renders it when somebody reads it.
+    _trail: list[tuple[datetime, OrderStatus, Any]] = field(default_factory=list)
 
     @classmethod
     def from_intent(cls, intent: OrderIntent, created_ts: datetime | None = None) -> Order:
@@ -203,8 +207,13 @@ class Order:
             reference_price=intent.reference_price,
             signal_id=intent.signal.id if intent.signal else None,
         )
-        order.log.append(OrderLogEntry(created, OrderStatus.PENDING_NEW, "created"))
+        order._trail.append((created, OrderStatus.PENDING_NEW, "created"))
         return order
+
+    @property
+    def log(self) -> list[OrderLogEntry]:
+        """Every accepted transition, oldest first (built on each read)."""
+        return [OrderLogEntry(ts, status, _note(what)) for ts, status, what in self._trail]
 
     @property
     def is_open(self) -> bool:
@@ -240,16 +249,15 @@ class Order:
                 f"{type(event).__name__} not allowed in status {self.status}",
                 client_order_id=self.client_order_id,
             )
-        note = ""
         if isinstance(event, OrderFilled):
-            target, note = self._take_fill(event)
+            target = self._take_fill(event)
         elif target == _WORKING:
             target = S.PARTIALLY_FILLED if self.filled_qty else S.NEW
         if isinstance(event, OrderAccepted | OrderNew) and event.broker_order_id:
             self.broker_order_id = event.broker_order_id
         assert isinstance(target, OrderStatus)
         self.status = target
-        self.log.append(OrderLogEntry(event.ts, target, note or type(event).__name__))
+        self._trail.append((event.ts, target, event))
         return True
 
     def has_fill(self, fill: Fill) -> bool:
@@ -259,7 +267,7 @@ class Order:
         c = fill.cum_qty
         return c is not None and self.fill_ranges.get(c) == fill.qty
 
-    def _take_fill(self, event: OrderFilled) -> tuple[OrderStatus, str]:
+    def _take_fill(self, event: OrderFilled) -> OrderStatus:
         fill = event.fill
         if fill.qty <= 0 or self.filled_qty + fill.qty > self.qty:
             raise OverfillError(
@@ -282,7 +290,7 @@ class Order:
             target = self.status
         else:
             target = S.FILLED if done else S.PARTIALLY_FILLED
-        return target, f"fill {fill.qty}@{fill.price} cum={fill.cum_qty} exec={fill.execution_id}"
+        return target
 
     def _check_range(self, fill: Fill) -> None:
         """The fill's quantity interval must lie within the order and overlap no other."""
@@ -295,3 +303,13 @@ class Order:
                 f"fill {fill.execution_id} covers ({lo}, {c}] of {self.qty}, which "
                 f"{'overlaps a fill ending at ' + str(overlap) if overlap else 'is outside'}"
                 " the order", client_order_id=self.client_order_id)
+
+
+def _note(what: Any) -> str:
+    """A log entry's note: its text, a fill's description, or the event's type."""
+    if isinstance(what, str):
+        return what
+    if isinstance(what, OrderFilled):
+        f = what.fill
+        return f"fill {f.qty}@{f.price} cum={f.cum_qty} exec={f.execution_id}"
+    return type(what).__name__

@@ -19,6 +19,11 @@ class Books(Protocol):
 
     def views(self) -> tuple[PositionView, ...]: ...
 
+    def adverse(self, fraction: float) -> tuple[PositionView, ...]:
+        """The open positions whose last price may be ``fraction`` or more against their
+        average cost (a superset: the caller decides on the exact numbers)."""
+        ...
+
 
 class Totals(Protocol):
     """Exposure of the other accounts of a multi-account daemon (global limits)."""

@@ -134,11 +134,27 @@ class Portfolio:
         return pos.qty * (px if px is not None else pos.avg_price)
 
     def _sums(self) -> tuple[Decimal, Decimal, Decimal]:
-        """(equity, gross exposure, net exposure), computed once per change of the books."""
+        """(equity, gross exposure, net exposure), computed once per change of the books
+        (each bar: the risk tick asks for them). ``market_value`` of every position,
+        inlined."""
         if self._totals is None:
-            values = [self.market_value(s) for s in self.positions]
-            net = sum(values, ZERO)
-            self._totals = (self.cash + net, sum(map(abs, values), ZERO), net)
+            net = gross = ZERO
+            cached, last = self._px, self.last_price
+            for sym, pos in self.positions.items():
+                qty = pos.qty
+                if not qty:
+                    continue
+                px = cached.get(sym)
+                if px is None:
+                    f = last.get(sym)
+                    if f is None:
+                        px = pos.avg_price
+                    else:
+                        px = cached[sym] = to_price(f)
+                value = qty * px
+                net += value
+                gross += value if qty > 0 else -value
+            self._totals = (self.cash + net, gross, net)
         return self._totals
 
     def equity(self) -> Decimal:
@@ -160,16 +176,38 @@ class Portfolio:
         """Open positions, marked (cached until bars, fills or a restore change them)."""
         if self._views is not None:
             return self._views
-        out = []
-        for sym, pos in sorted(self.positions.items()):
-            if not pos.qty:
-                continue
-            px = self.price(sym)
-            mv = self.market_value(sym)
-            out.append(PositionView(sym, pos.qty, pos.avg_price, px, mv,
-                                    mv - pos.avg_price * pos.qty, pos.realized_pnl))
-        self._views = tuple(out)
+        self._views = tuple(self._view(sym, pos) for sym, pos in sorted(self.positions.items())
+                            if pos.qty)
         return self._views
+
+    def adverse(self, fraction: float) -> tuple[PositionView, ...]:
+        """Open positions whose last price may be ``fraction`` or more against their
+        average cost, marked like ``views``.
+
+        The risk monitor asks this every tick; pricing every position in Decimal for it
+        cost more than the rest of the tick. The test here is in floats with a margin far
+        above their error (1e-9 against ~1e-15), so it never leaves out a position the
+        exact test would take; the caller decides on the exact numbers.
+        """
+        floor = fraction - 1e-9
+        last = self.last_price
+        out: list[PositionView] = []
+        for sym, pos in self.positions.items():
+            qty = pos.qty
+            px = last.get(sym)
+            if not qty or px is None or pos.avg_price <= 0:
+                continue
+            avg = float(pos.avg_price)
+            move = (avg - px) / avg
+            if (move if qty > 0 else -move) >= floor:
+                out.append(self._view(sym, pos))
+        return tuple(out)
+
+    def _view(self, sym: str, pos: Position) -> PositionView:
+        px = self.price(sym)
+        mv = self.market_value(sym)
+        return PositionView(sym, pos.qty, pos.avg_price, px, mv, mv - pos.avg_price * pos.qty,
+                            pos.realized_pnl)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready summary (decimals as strings) for ``tradingd status``."""

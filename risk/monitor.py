@@ -65,6 +65,7 @@ class RiskMonitor:
         self._publish = publish
         self._send = send
         self._stop = Decimal(repr(cfg.stop_loss_pct))
+        self._stop_f = cfg.stop_loss_pct
         self._limits = (
             (ReasonCode.MAX_DRAWDOWN, Decimal(repr(cfg.max_drawdown)), TradingState.HALTED),
             (ReasonCode.DAILY_LOSS_LIMIT, Decimal(repr(cfg.max_daily_loss)),
@@ -108,7 +109,8 @@ class RiskMonitor:
                             why=f"{rule}: {value:.4%} >= {limit:.2%}")
 
     def _check_stops(self, tick: RiskTick) -> None:
-        for v in self._portfolio.views():
+        # Only the positions that may be that far against their cost are marked exactly.
+        for v in self._portfolio.adverse(self._stop_f):
             if v.last_price is None or v.avg_price <= 0:
                 continue
             adverse = (v.avg_price - v.last_price) / v.avg_price

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from brokers.paper import PaperBroker
@@ -178,6 +178,24 @@ class TestPaperProperties:
     @settings(max_examples=60, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(steps=_steps, cuts=st.lists(st.integers(0, 40), max_size=3), cfg=_config)
+    # Found by this test: AAA's orders all ended, then BBB got one, then AAA again; a
+    # restart rebuilt the working orders in submission order (AAA first), so the next bar
+    # matched AAA before BBB where the uninterrupted account matched BBB first.
+    @example(
+        steps=[*[Submit("AAA", "buy", 1, "market", "day", 0)] * 10,
+               Submit("AAA", "buy", 1, "market", "gtc", 0),
+               Submit("AAA", "buy", 1, "market", "gtc", 0),
+               Submit("BBB", "buy", 1, "market", "gtc", 0),
+               NextDay({"AAA": (98.0, 98.0, 98.0, 98.0, 0.0)}), Cancel(0), Cancel(0),
+               Submit("AAA", "buy", 1, "market", "day", 0),
+               Submit("AAA", "buy", 1, "market", "day", 0),
+               Submit("BBB", "buy", 1, "market", "ioc", 0), Cancel(0),
+               Bars({"AAA": (98.0, 98.0, 98.0, 98.0, 20.0),
+                     "BBB": (98.0, 98.0, 98.0, 98.0, 0.0)})],
+        cuts=[20],
+        cfg={"slippage_bps": Decimal(0), "commission_per_share": Decimal(0),
+             "min_commission": Decimal(0), "max_fill_volume_pct": 0.05,
+             "initial_cash": Decimal(50000)})
     def test_session_when_restarted_anywhere_then_same_outcome_as_uninterrupted(
         self, steps: list[object], cuts: list[int], cfg: dict[str, object]
     ) -> None:

@@ -36,7 +36,7 @@ from kernel.events import (
     SubmitOrder,
 )
 from kernel.model import Fill, OrderSide, OrderType, TimeInForce
-from kernel.orders import OrderStatus
+from kernel.orders import Order, OrderStatus
 from risk.config import RiskConfig
 
 # 10:00 New York (EST) on a Tuesday
@@ -526,4 +526,67 @@ class TestOrderManagerMemory:
         assert s.orders.stats["duplicate_id"] == 1
         assert broker.submitted.count("c1") == 1
         assert report.ok and report.differences == []
+        await s.stop()
+
+    async def test_reconcile_when_fills_of_ended_orders_listed_then_no_order_rebuilt(
+            self, tmp_path: Path) -> None:
+        from engine.recovery import JournalHistory
+        from tests.daemon.fake_broker import FakeBroker
+        from tests.daemon.fake_broker import intent as fake_intent
+        from tests.daemon.session import Session
+
+        # Arrange: memory for 3 ended orders; 12 orders placed and filled, so the
+        # broker lists 12 fills and 9 of their orders are on disk only
+        broker = FakeBroker()
+        s = Session(tmp_path, broker, retain_done=3)
+        await s.start()
+        rebuilt: list[str] = []
+
+        class Counting(JournalHistory):
+            def load(self, client_order_id: str) -> Order | None:
+                rebuilt.append(client_order_id)
+                return super().load(client_order_id)
+
+        s.orders.history = Counting(s.journal)
+        for n in range(12):
+            s.bus.send(SubmitOrder(fake_intent(f"c{n}", qty=1)))
+            await s.orders.drained()
+            broker.fill(f"c{n}", 1, Decimal("100"))
+        # Act
+        report = await s.reconciler.reconcile("tick")
+        # Assert: every fill is known as taken without rebuilding its order
+        assert rebuilt == []
+        assert report.ok and report.differences == []
+        assert len(s.orders.orders) == 3
+        await s.stop()
+
+    async def test_reconcile_when_ended_order_on_disk_missed_a_fill_then_booked(
+            self, tmp_path: Path) -> None:
+        from tests.daemon.fake_broker import FakeBroker
+        from tests.daemon.fake_broker import intent as fake_intent
+        from tests.daemon.session import Session
+
+        # Arrange: c0 (2 shares) got its first share on the stream, then ended
+        # (canceled) and left memory; its second execution never reached the stream
+        broker = FakeBroker()
+        s = Session(tmp_path, broker, retain_done=1)
+        await s.start()
+        s.bus.send(SubmitOrder(fake_intent("c0", qty=2)))
+        await s.orders.drained()
+        broker.fill("c0", 1, Decimal("100"))
+        broker.emit(OrderCanceled("c0", T0, reason="test"))
+        for n in range(1, 4):
+            s.bus.send(SubmitOrder(fake_intent(f"c{n}", qty=1)))
+            await s.orders.drained()
+            broker.fill(f"c{n}", 1, Decimal("100"))
+        assert "c0" not in s.orders.orders
+        broker.fill("c0", 1, Decimal("101"), report=False)
+        # Act
+        with capture_logs():
+            report = await s.reconciler.reconcile("tick")
+        # Assert: the missed execution is booked once, the rest is known
+        assert [(d.what, d.client_order_id) for d in report.differences] == [
+            ("missed_fill", "c0")]
+        assert s.portfolio.qty("AAPL") == 5
+        assert s.orders.orders["c0"].filled_qty == 2
         await s.stop()

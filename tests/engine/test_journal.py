@@ -6,6 +6,8 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from engine.codec import EVENT_TYPES, decode
 from engine.journal import Journal
 from kernel import logging as dlog
@@ -43,6 +45,35 @@ class TestJournal:
         assert _count(j.path, "OrderFilled") == 1
         assert j.durable_writes == 1
         j.close()
+
+    def test_has_intent_when_buffered_beyond_remembered_ids_then_known(
+            self, tmp_path: Path) -> None:
+        # Arrange: group commit buffers the intents; only the newest id is remembered
+        j = Journal(tmp_path / "j.sqlite", clock=self.clock, group_commit=True).open()
+        j._SYMBOLS_KEPT = 1  # type: ignore[misc]
+        for n in range(3):
+            j.record_intent(intent(f"c{n}"))
+        # Act / Assert: known while buffered, and after the buffered rows are committed
+        assert [j.has_intent(f"c{n}") for n in range(4)] == [True, True, True, False]
+        j.flush()
+        assert [j.has_intent(f"c{n}") for n in range(4)] == [True, True, True, False]
+        j.close()
+
+    def test_has_intent_when_commit_failed_then_buffered_intent_still_known(
+            self, tmp_path: Path) -> None:
+        # Arrange: an intent buffered beside a row SQLite cannot bind
+        j = Journal(tmp_path / "j.sqlite", clock=self.clock, group_commit=True).open()
+        j._SYMBOLS_KEPT = 1  # type: ignore[misc]
+        j.record_intent(intent("c0"))
+        j.record_intent(intent("c1"))
+        j.append("Broken", {"x": 1}, client_order_id=object(),  # type: ignore[arg-type]
+                 symbol="AAPL")
+        # Act
+        with pytest.raises(sqlite3.Error):
+            j.flush()
+        # Assert: the rows went back to the buffer, the intent is still known
+        assert j.has_intent("c0")
+        assert _count(j.path, "OrderIntent") == 0
 
     def test_event_when_batched_then_invisible_until_flush(self, tmp_path: Path):
         j = Journal(tmp_path / "j.sqlite", clock=self.clock, batch_rows=1000).open()

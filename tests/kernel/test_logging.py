@@ -163,3 +163,103 @@ class TestConcurrentWriters:
         assert len(lines) == 1800
         parsed = [json.loads(line) for line in lines]  # raises on any interleaved line
         assert sum(1 for p in parsed if p["event"] == "order.filled") == 900
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each is a write syscall on a real stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingStream]:
+    monkeypatch.setattr(dlog, "_SECRETS", set())
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = CountingStream()
+    dlog.configure(level="info", stream=out, json=True)
+    yield out
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+class TestBufferedLines:
+    async def test_lines_of_one_loop_turn_when_loop_turns_then_written_once_in_order(
+        self, counting: CountingStream
+    ) -> None:
+        import asyncio
+
+        log = structlog.get_logger("test")
+
+        for n in range(50):
+            log.info("gate.pass", n=n)
+        before_turn = counting.getvalue()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+        assert before_turn == ""
+        assert [r["n"] for r in lines(counting)] == list(range(50))
+        assert counting.writes == 1
+
+    async def test_line_when_oldest_buffered_is_100ms_old_then_written_without_a_turn(
+        self, counting: CountingStream
+    ) -> None:
+        import time
+
+        log = structlog.get_logger("test")
+
+        log.info("first")
+        time.sleep(dlog.FLUSH_AFTER_SECS + 0.02)  # noqa: ASYNC251  (a busy loop: no turn)
+        log.info("second")
+
+        assert [r["event"] for r in lines(counting)] == ["first", "second"]
+
+    def test_line_when_no_running_loop_then_written_at_once(
+        self, counting: CountingStream
+    ) -> None:
+        structlog.get_logger("test").warning("tool.says")
+
+        assert [r["event"] for r in lines(counting)] == ["tool.says"]
+
+    async def test_flush_when_lines_buffered_then_written_now(
+        self, counting: CountingStream
+    ) -> None:
+        structlog.get_logger("test").info("a")
+        logging.getLogger("sdk").warning("from %s", "stdlib")  # same writer, same loop
+
+        dlog.flush()
+
+        assert [r["event"] for r in lines(counting)] == ["a", "from stdlib"]
+
+    def test_lines_when_process_exits_before_the_loop_turns_then_written_at_exit(
+        self, tmp_path: Any
+    ) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        script = tmp_path / "exits.py"
+        script.write_text(
+            "import asyncio, sys, structlog\n"
+            "from kernel import logging as dlog\n"
+            "dlog.configure('info', json=True)\n"
+            "async def main():\n"
+            "    structlog.get_logger('x').info('daemon.last_words', n=1)\n"
+            "    sys.exit(3)\n"
+            "asyncio.run(main())\n")
+        repo = Path(__file__).resolve().parents[2]
+
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              cwd=repo, env={"PYTHONPATH": str(repo)}, timeout=60,
+                              check=False)
+
+        assert done.returncode == 3
+        assert [json.loads(x)["event"] for x in done.stdout.splitlines()] == [
+            "daemon.last_words"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.events import BarBatch, Event, OrderFilled, PositionChanged
-from kernel.model import BrokerPosition, Fill, OrderSide
+from kernel.model import BrokerPosition, Fill, OrderSide, PositionView
 from portfolio.book import Portfolio
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
@@ -234,3 +234,56 @@ class TestPortfolioIdentity:
                       for sym, side, q, _, _ in fills if sym == s)
             assert pos.qty == net
             assert (pos.qty == 0) == (pos.avg_price == 0)
+
+
+def _exact_adverse(v: PositionView) -> Decimal:
+    assert v.last_price is not None
+    move = (v.avg_price - v.last_price) / v.avg_price
+    return move if v.qty > 0 else -move
+
+
+class TestAdverse:
+    def test_adverse_when_exactly_at_the_fraction_then_included(self) -> None:
+        book = Portfolio(CASH)
+        book.apply_fill(buy(30, "150"))
+        book.apply_fill(sell(10, "200", symbol="MSFT"))  # a short, 5% against at 210
+        mark(book, AAPL=142.5, MSFT=210.0)
+
+        got = book.adverse(0.05)
+
+        assert [(v.symbol, _exact_adverse(v)) for v in got] == [
+            ("AAPL", D("0.05")), ("MSFT", D("0.05"))]
+
+    def test_adverse_when_flat_or_unmarked_or_favourable_then_left_out(self) -> None:
+        book = Portfolio(CASH)
+        book.apply_fill(buy(10, "100", symbol="FLAT"))
+        book.apply_fill(sell(10, "100", symbol="FLAT"))
+        book.apply_fill(buy(10, "100", symbol="NOBAR"))
+        book.apply_fill(buy(10, "100", symbol="UP"))
+        mark(book, FLAT=50.0, UP=120.0)
+
+        assert book.adverse(0.0) == ()
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(-500, 500).filter(bool),
+                              st.decimals("0.01", "999.99", places=2),
+                              st.floats(0.01, 2000.0, allow_nan=False)), min_size=1,
+                    max_size=20),
+           st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.5]))
+    def test_adverse_when_any_books_then_every_exactly_adverse_position_is_in(
+            self, rows: list[tuple[int, Decimal, float]], fraction: float) -> None:
+        book = Portfolio(CASH)
+        closes = {}
+        for i, (qty, avg, close) in enumerate(rows):
+            sym = f"S{i}"
+            book.apply_fill(fill(OrderSide.BUY if qty > 0 else OrderSide.SELL, abs(qty),
+                                 str(avg), symbol=sym))
+            closes[sym] = close
+        mark(book, **closes)
+        limit = Decimal(repr(fraction))
+
+        exact = {v.symbol for v in book.views() if _exact_adverse(v) >= limit}
+        got = book.adverse(fraction)
+
+        assert exact <= {v.symbol for v in got}
+        assert all(v in book.views() for v in got)  # marked like the views

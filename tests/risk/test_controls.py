@@ -236,3 +236,14 @@ class TestControls:
         assert (await handlers["resume"]({}))["resumed"] is True
         assert (await handlers["mode"]({"mode": "manual"}))["mode"] == "MANUAL"
         assert (await handlers["liquidate"]({}))["liquidation"]["flat"]
+
+
+class TestStopLossBoundary:
+    async def test_tick_when_position_exactly_at_stop_then_exit_and_just_inside_then_none(
+            self, harness: MakeHarness) -> None:
+        h = await harness(holdings={"AAPL": 30, "CVX": 10})  # both bought at 150
+        _tick(h)
+        h.bars({"AAPL": 142.5, "CVX": 142.51})  # exactly 5% against; just inside it
+        with capture_logs():
+            _tick(h)
+        assert [(i.symbol, i.qty) for i in h.submitted] == [("AAPL", 30)]
