@@ -204,7 +204,7 @@ def _open_journal(args: argparse.Namespace) -> Any:
     if not path.exists():
         print(f"tradingd: no journal at {path}", file=sys.stderr)
         return None
-    return Journal(path).open()
+    return Journal(path).open(read_only=True)  # tools never write a daemon's journal
 
 
 def _since(text: str | None) -> Any:

@@ -59,6 +59,19 @@ class TestAudit:
         assert "outcome: denied by the gate: MAX_POSITION_PCT (limit 5000.00, observed " \
                "12000.00)" in out
 
+    async def test_audit_and_report_when_run_then_journal_file_untouched(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+        # Arrange: a closed journal (as beside a daemon, tools must only read it)
+        await _session(tmp_path)
+        journal = tmp_path / "journal.sqlite"
+        before = journal.read_bytes()
+        # Act
+        assert main(["audit", "--state-dir", str(tmp_path), "--order", "td-aapl1"]) == 0
+        assert main(["report", "--state-dir", str(tmp_path), "--out",
+                     str(tmp_path / "r.html")]) == 0
+        # Assert: not a byte written (a writer would stamp the schema version, flush, ...)
+        assert journal.read_bytes() == before
+
     async def test_audit_when_order_filled_then_shows_intent_ack_and_each_fill(
             self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
         await _session(tmp_path)
