@@ -286,9 +286,11 @@ class Daemon:
                 for component in (self.control, self._live_feed()):
                     entered = await stack.enter_async_context(component)
                 self.feed = entered
+                # Built before READY, and before MQTT says online: a burst of signals must
+                # not wait behind it in a full inbox (QUEUE_FULL) for the pump to start.
+                await calendar
                 if self.mqtt is not None:  # last in, first out: ingress stops first
                     await stack.enter_async_context(self.mqtt)
-                await calendar  # built before READY, as before
                 # Everything built at start-up lives all day: move it out of the cyclic GC's
                 # way (full collections over it cost tens of ms on the hot path).
                 settle_gc()  # daemon/startup.py: one collection, freeze, thresholds back

@@ -531,9 +531,9 @@ class TestOrderManagerMemory:
     async def test_reconcile_when_fills_of_ended_orders_listed_then_no_order_rebuilt(
             self, tmp_path: Path) -> None:
         from engine.recovery import JournalHistory
-        from tests.daemon.fake_broker import FakeBroker
-        from tests.daemon.fake_broker import intent as fake_intent
         from tests.daemon.session import Session
+        from tests.kit import FakeBroker
+        from tests.kit import intent as fake_intent
 
         # Arrange: memory for 3 ended orders; 12 orders placed and filled, so the
         # broker lists 12 fills and 9 of their orders are on disk only
@@ -562,9 +562,9 @@ class TestOrderManagerMemory:
 
     async def test_reconcile_when_ended_order_on_disk_missed_a_fill_then_booked(
             self, tmp_path: Path) -> None:
-        from tests.daemon.fake_broker import FakeBroker
-        from tests.daemon.fake_broker import intent as fake_intent
         from tests.daemon.session import Session
+        from tests.kit import FakeBroker
+        from tests.kit import intent as fake_intent
 
         # Arrange: c0 (2 shares) got its first share on the stream, then ended
         # (canceled) and left memory; its second execution never reached the stream
