@@ -76,7 +76,8 @@ async def replay_once(csv: Path, state: Path, journaling: bool) -> tuple[float, 
 
 
 def replay_overhead(days: int, symbols: int, rounds: int, tmp: Path) -> dict[str, Any]:
-    csv = prepare("real", days, symbols, tmp / "bars.csv")
+    csv = tmp / "bars.csv"
+    prepare("real", days, symbols, csv)
     best = {True: 0.0, False: 0.0}
     orders = {True: 0, False: 0}
     for r in range(rounds):
