@@ -118,6 +118,7 @@ class FakeBroker:
         self.replaces: list[tuple[str, str]] = []
         self.lookups: list[str] = []
         self.hang_submit = False
+        self.submit_gate: asyncio.Event | None = None  # submit waits for it, then accepts
         self.cancel_error: BrokerError | None = None
         self._next_submit_error: Exception | None = None
         self._seq = 0
@@ -236,6 +237,8 @@ class FakeBroker:
             raise exc
         if self.hang_submit:
             await asyncio.Event().wait()
+        if self.submit_gate is not None:
+            await self.submit_gate.wait()
         self.accept(intent)
         if self.fill_on_submit:
             self.fill(intent.client_order_id, intent.qty,

@@ -115,6 +115,11 @@ class OrderManager:
         self._idle.set()
         self._reported = asyncio.Event()  # set whenever a report changed an order
         self._in_flight = 0
+        # The order whose submission is at the broker now, and cancels asked meanwhile: a
+        # cancel sent before the broker has the order is refused ("not found") and the
+        # order would then be placed and work on (found at a session's close under load).
+        self._sending: str | None = None
+        self._cancel_when_sent: dict[str, str] = {}  # client_order_id -> reason
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Called with each intent before it goes to the broker (the journal writes it
@@ -218,8 +223,20 @@ class OrderManager:
             log.info("order.cancel_skipped", client_order_id=cmd.client_order_id,
                      status=str(order.status) if order else "unknown")
             return
-        log.info("order.cancel", client_order_id=cmd.client_order_id, reason=cmd.reason)
-        self._spawn(self._cancel(cmd.client_order_id), "orders.cancel")
+        cid = cmd.client_order_id
+        queued = next((i for i in self._outbox if i.client_order_id == cid), None)
+        if queued is not None:  # never sent: it ends here, the broker never hears of it
+            self._outbox.remove(queued)
+            log.info("order.cancel_unsent", client_order_id=cid, reason=cmd.reason)
+            self.on_report(OrderCanceled(client_order_id=cid, ts=self._clock.now(),
+                                         reason=f"canceled before it was sent: {cmd.reason}"))
+            return
+        if cid == self._sending:  # at the broker now: cancel once the placement answers
+            log.info("order.cancel_deferred", client_order_id=cid, reason=cmd.reason)
+            self._cancel_when_sent[cid] = cmd.reason
+            return
+        log.info("order.cancel", client_order_id=cid, reason=cmd.reason)
+        self._spawn(self._cancel(cid), "orders.cancel")
 
     def execute_cancel_all(self, cmd: CancelAllOrders) -> None:
         log.info("order.cancel_all", reason=cmd.reason, open=len(self.open_orders()))
@@ -435,11 +452,17 @@ class OrderManager:
                 self._wake.clear()
                 await self._wake.wait()
             intent = self._outbox.popleft()
+            cid = intent.client_order_id
             self._in_flight += 1
+            self._sending = cid
             try:
                 await self._submit(intent)
             finally:
                 self._in_flight -= 1
+                self._sending = None
+            reason = self._cancel_when_sent.pop(cid, None)
+            if reason is not None:
+                self.execute_cancel(CancelOrder(cid, reason=reason))
 
     async def _submit(self, intent: OrderIntent) -> None:
         cid = intent.client_order_id

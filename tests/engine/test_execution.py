@@ -414,6 +414,46 @@ class TestOrderManagerCancel:
         assert rig.broker.cancels == []
         assert [e["event"] for e in logs] == ["order.cancel_skipped"]
 
+    async def test_cancel_when_queued_not_sent_then_never_sent_and_canceled(
+        self, rig: Rig
+    ) -> None:
+        # Arrange: the first order's submission hangs at the broker; the second waits
+        rig.broker.submit_gate = asyncio.Event()
+        rig.manager.execute_submit(SubmitOrder(intent("td-1")))
+        rig.manager.execute_submit(SubmitOrder(intent("td-2")))
+        await asyncio.sleep(0.01)
+        # Act
+        with capture_logs() as logs:
+            rig.manager.execute_cancel(CancelOrder("td-2", reason="session closing"))
+            rig.broker.submit_gate.set()
+            await asyncio.wait_for(rig.manager.drained(), 1)
+        # Assert: the broker never heard of td-2, which is canceled here
+        assert [i.client_order_id for i in rig.broker.received] == ["td-1"]
+        assert rig.broker.cancels == []
+        assert rig.manager.orders["td-2"].status is OrderStatus.CANCELED
+        assert [e.client_order_id for e in rig.of(OrderCanceled)] == ["td-2"]
+        assert "order.cancel_unsent" in [e["event"] for e in logs]
+
+    async def test_cancel_when_submission_in_flight_then_sent_once_it_is_placed(
+        self, rig: Rig
+    ) -> None:
+        # Arrange: td-1's submission is at the broker, not answered yet
+        rig.broker.submit_gate = asyncio.Event()
+        rig.manager.execute_submit(SubmitOrder(intent("td-1")))
+        await asyncio.sleep(0.01)
+        assert rig.broker.received and not rig.broker.orders
+        # Act: the cancel comes while the order is being placed
+        with capture_logs() as logs:
+            rig.manager.execute_cancel(CancelOrder("td-1", reason="session closing"))
+            await asyncio.sleep(0.01)
+            assert rig.broker.cancels == [], "a cancel before the order exists is refused"
+            rig.broker.submit_gate.set()
+            await asyncio.wait_for(rig.manager.drained(), 1)
+            await asyncio.sleep(0.01)
+        # Assert: the cancel followed the placement
+        assert rig.broker.cancels == ["td-1"]
+        assert "order.cancel_deferred" in [e["event"] for e in logs]
+
     async def test_cancel_all_then_broker_asked_once(self, rig: Rig) -> None:
         with capture_logs():
             rig.manager.execute_cancel_all(CancelAllOrders(reason="halt"))
