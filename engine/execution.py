@@ -227,6 +227,7 @@ class OrderManager:
         queued = next((i for i in self._outbox if i.client_order_id == cid), None)
         if queued is not None:  # never sent: it ends here, the broker never hears of it
             self._outbox.remove(queued)
+            self._uncount(queued)
             log.info("order.cancel_unsent", client_order_id=cid, reason=cmd.reason)
             self.on_report(OrderCanceled(client_order_id=cid, ts=self._clock.now(),
                                          reason=f"canceled before it was sent: {cmd.reason}"))
@@ -389,6 +390,13 @@ class OrderManager:
         self._roll_day()
         self._per_symbol_today[intent.symbol] += 1
         self.submitted_today += 1
+
+    def _uncount(self, intent: OrderIntent) -> None:
+        """An order canceled before it was sent never reached the broker: the day's
+        counts (the gate's order caps, the day's summary) are of orders sent."""
+        if self._per_symbol_today[intent.symbol] > 0:
+            self._per_symbol_today[intent.symbol] -= 1
+            self.submitted_today -= 1
 
     def _roll_day(self) -> None:
         day = trading_day(self._clock.now())

@@ -433,6 +433,7 @@ class TestOrderManagerCancel:
         assert rig.manager.orders["td-2"].status is OrderStatus.CANCELED
         assert [e.client_order_id for e in rig.of(OrderCanceled)] == ["td-2"]
         assert "order.cancel_unsent" in [e["event"] for e in logs]
+        assert rig.manager.orders_today() == 1, "the day counts the orders sent"
 
     async def test_cancel_when_submission_in_flight_then_sent_once_it_is_placed(
         self, rig: Rig
